@@ -1,0 +1,179 @@
+"""The `modstream` command: dev services, topics, stages, produce/tail, banks and the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import IO
+
+import click
+
+from pipeline.config import TOPICS, Settings
+from pipeline.dev import services
+
+logger = logging.getLogger(__name__)
+
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"ts": record.created, "level": record.levelname, "logger": record.name,
+                           "msg": record.getMessage()})
+
+
+def configure_logging(level: str, json_logs: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter() if json_logs else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+@click.group()
+@click.option("--log-level", default="INFO", envvar="MODSTREAM_LOG_LEVEL", show_default=True)
+@click.option("--json-logs", is_flag=True, envvar="MODSTREAM_JSON_LOGS", help="Log JSON lines.")
+@click.pass_context
+def main(ctx: click.Context, log_level: str, json_logs: bool) -> None:
+    """modstream: a content-moderation pipeline on Kafka."""
+    configure_logging(log_level, json_logs)
+    try:
+        ctx.obj = services.resolve(Settings.from_env())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    if not settings.bootstrap_servers:
+        raise click.ClickException("no Kafka configured: set MODSTREAM_BOOTSTRAP_SERVERS or run `modstream dev up`")
+    return settings
+
+
+# ---- dev services ------------------------------------------------------------
+@main.group()
+def dev() -> None:
+    """The embedded broker and Redis for laptops and CI."""
+
+
+@dev.command("up")
+@click.pass_context
+def dev_up(ctx: click.Context) -> None:
+    """Start the embedded broker and Redis in the background."""
+    state = services.up(ctx.obj)
+    click.echo(f"broker {state.bootstrap_servers}\nredis  {state.redis_url}")
+
+
+@dev.command("down")
+@click.pass_context
+def dev_down(ctx: click.Context) -> None:
+    """Stop them."""
+    click.echo("stopped" if services.down(ctx.obj) else "nothing was running")
+
+
+@dev.command("status")
+@click.pass_context
+def dev_status(ctx: click.Context) -> None:
+    """Say what runs."""
+    state = services.read_state(ctx.obj)
+    if state is None:
+        click.echo("not running")
+        sys.exit(1)
+    click.echo(f"broker {state.bootstrap_servers} (pid {state.broker_pid})\n"
+               f"redis  {state.redis_url} ({'pid ' + str(state.redis_pid) if state.redis_pid else 'external'})")
+
+
+# ---- topics and stages -------------------------------------------------------
+@main.group()
+def topics() -> None:
+    """Topic administration."""
+
+
+@topics.command("create")
+@click.pass_context
+def topics_create(ctx: click.Context) -> None:
+    """Create every topic of the topic map (idempotent)."""
+    from pipeline.runtime.topics import create_topics
+
+    for name, status in sorted(create_topics(settings_of(ctx)).items()):
+        click.echo(f"{name}\t{status}")
+
+
+@main.command()
+@click.argument("stages", nargs=-1, required=True)
+@click.pass_context
+def run(ctx: click.Context, stages: tuple[str, ...]) -> None:
+    """Run STAGES (enrich, match, decide, enforce-log, or all). Several pipeline stages run fused."""
+    from pipeline.runtime.app import App, run_all
+
+    app = App(settings_of(ctx))
+    try:
+        run_all(app.runners(list(stages)))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        app.close()
+
+
+# ---- produce and tail --------------------------------------------------------
+topic_choice = click.Choice(sorted(TOPICS))
+
+
+@main.command()
+@click.argument("topic", type=topic_choice)
+@click.argument("source", type=click.File("r"), default="-")
+@click.pass_context
+def produce(ctx: click.Context, topic: str, source: IO[str]) -> None:
+    """Produce JSON lines from SOURCE (a file or -) to TOPIC as Avro."""
+    from pipeline.records import record_key
+    from pipeline.sdk import ModerationProducer
+    from pipeline.serde.avro import EncodeError
+    from pipeline.serde.json_form import from_json
+
+    producer = ModerationProducer(settings_of(ctx))
+    count = 0
+    for lineno, line in enumerate(source, 1):
+        if not line.strip():
+            continue
+        try:
+            value = from_json(producer.codec.schemas, TOPICS[topic], json.loads(line))
+            producer.send(topic, value, key=record_key(topic, value))
+        except (json.JSONDecodeError, EncodeError, KeyError) as exc:
+            raise click.ClickException(f"line {lineno}: {exc}") from exc
+        count += 1
+    producer.flush()
+    click.echo(f"produced {count} records to {producer.settings.topic(topic)}", err=True)
+
+
+@main.command()
+@click.argument("topic", type=topic_choice)
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the end.")
+@click.option("--max", "max_records", type=int, default=0, help="Stop after N records.")
+@click.option("--timeout", type=float, default=0.0, help="Stop after S seconds without a record.")
+@click.option("--with-key", is_flag=True, help="Print {key, value} objects.")
+@click.pass_context
+def tail(ctx: click.Context, topic: str, from_beginning: bool, max_records: int, timeout: float,
+         with_key: bool) -> None:
+    """Print TOPIC's records as JSON lines."""
+    from pipeline.runtime.reader import read_topic
+
+    for key, value in read_topic(settings_of(ctx), topic, from_beginning, max_records, timeout):
+        click.echo(json.dumps({"key": key, "value": value} if with_key else value, sort_keys=False))
+
+
+# ---- demo ---------------------------------------------------------------------
+@main.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run the pipeline on the embedded defaults and print each decision."""
+    from pipeline.demo import run_demo
+
+    settings: Settings = ctx.obj
+    started = None
+    if not settings.bootstrap_servers:
+        started = services.up(settings)
+        settings = services.resolve(settings)
+    try:
+        ok = run_demo(settings, echo=click.echo)
+    finally:
+        if started is not None:
+            services.down(settings)
+    sys.exit(0 if ok else 1)

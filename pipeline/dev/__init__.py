@@ -1,0 +1,1 @@
+"""Embedded development services: a Kafka-compatible broker (Tansu) and Redis, no Docker needed."""

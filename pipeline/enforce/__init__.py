@@ -1,0 +1,1 @@
+"""Enforcement: the decision-consumer SDK and the reference enforcers built on it."""

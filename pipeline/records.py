@@ -1,0 +1,135 @@
+"""The stage contract and the record helpers shared by every stage. No I/O here.
+
+A stage is a small class with a `name`, the short names of the topics it
+reads (`inputs`) and a `process(batch)` method that turns a batch of decoded
+`Incoming` records into `Output`s. It never touches Kafka or Redis clients:
+whatever it needs is handed to its constructor. The runner (pipeline.runtime)
+owns consuming, decoding, producing, committing and dead-lettering.
+
+Contract for `process`:
+- It may be called again with the same records (at-least-once delivery), so
+  any effect outside its return value must be idempotent, keyed by event_id.
+- If it raises, the runner retries the records one by one and dead-letters
+  exactly those that still raise; a stage need not catch per-record errors.
+- It must not block for long: the runner's poll loop waits on it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A decoded record and where it came from."""
+
+    topic: str  # short name, e.g. "uploads"
+    key: bytes | None
+    value: Record
+    partition: int = 0
+    offset: int = 0
+    raw: bytes | None = None  # the value as read, for dead letters a stage writes itself
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A record to produce: topic short name, key and value (None is a tombstone)."""
+
+    topic: str
+    key: str | bytes | None
+    value: Record | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Stage(Protocol):
+    name: str
+    inputs: tuple[str, ...]
+
+    def process(self, batch: Sequence[Incoming]) -> list[Output]: ...
+
+
+class StageError(Exception):
+    """Raised by a stage for one record it cannot process; the record is dead-lettered."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def stable_id(*parts: str) -> str:
+    """An id derived from its parts, so that reprocessing an event yields the same id."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, "modstream:" + ":".join(parts)).hex
+
+
+def subject_key(envelope: Record) -> str:
+    """The partition key of an event: its content_id, else its stream_id, else its event_id."""
+    return envelope.get("content_id") or envelope.get("stream_id") or envelope["event_id"]
+
+
+def record_key(topic: str, value: Record) -> str:
+    """The key a record of `topic` is produced with (see the topic map)."""
+    if topic == "banks":
+        return f"{value['bank']}/{value['signal_type']}/{value['hash'].lower()}"
+    if topic == "shared.signals":
+        return f"{value['signal_type']}/{value['hash'].lower()}"
+    if topic == "incidents":
+        return str(value["incident_id"])
+    if topic == "dlq":
+        return f"{value['topic']}/{value['partition']}/{value['offset']}"
+    return subject_key(value["envelope"])
+
+
+def envelope(
+    platform_id: str,
+    *,
+    content_id: str | None = None,
+    stream_id: str | None = None,
+    user_id: str | None = None,
+    event_id: str | None = None,
+    occurred_at: int | None = None,
+) -> Record:
+    return {
+        "event_id": event_id or new_id(),
+        "platform_id": platform_id,
+        "occurred_at": occurred_at if occurred_at is not None else now_ms(),
+        "content_id": content_id,
+        "stream_id": stream_id,
+        "user_id": user_id,
+    }
+
+
+def dead_letter(record: Incoming, stage: str, kind: str, error: str, topic_prefix: str) -> Output:
+    """A DeadLetter output for a record a stage gives up on without raising."""
+    value = {
+        "topic": topic_prefix + record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": record.key,
+        "value": record.raw,
+        "stage": stage,
+        "error_type": kind,
+        "error": error[:2000],
+        "failed_at": now_ms(),
+    }
+    return Output("dlq", record.key, value)
+
+
+def media_of(record: Record) -> bytes | None:
+    """The inline media bytes of a ModerationRecord: the upload's media or the live frame."""
+    if record.get("upload"):
+        media: bytes | None = record["upload"].get("media_b64")
+        return media
+    if record.get("live"):
+        frame: bytes | None = record["live"].get("frame_b64")
+        return frame
+    return None

@@ -1,0 +1,112 @@
+"""Wiring: builds stages with the resources they need (Redis, bank table) from settings.
+
+This is where clients are created; stages only receive them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.banks.follower import BankFollower
+from pipeline.banks.table import BankTable
+from pipeline.config import Settings
+from pipeline.enforce.consumer import EnforceStage
+from pipeline.enforce.logging_enforcer import handlers as logging_handlers
+from pipeline.records import Stage
+from pipeline.runtime.runner import Runner
+from pipeline.serde import Codec
+from pipeline.stages.decide import DecideStage
+from pipeline.stages.enrich import EnrichStage
+from pipeline.stages.match import MatchStage
+from pipeline.state.accounts import RedisAccountStore
+
+logger = logging.getLogger(__name__)
+
+PIPELINE = ("enrich", "match", "decide")
+ENFORCERS = ("enforce-log",)
+STAGES = PIPELINE + ENFORCERS
+
+
+def connect_redis(url: str) -> Any:
+    import redis
+
+    if not url:
+        raise RuntimeError("no Redis: set MODSTREAM_REDIS_URL or run `modstream dev up`")
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+@dataclass
+class App:
+    """The resources of one process, created on first use and shared by its stages."""
+
+    settings: Settings
+    codec: Codec = field(init=False)
+    _banks: BankTable | None = None
+    _follower: BankFollower | None = None
+    _redis: Any = None
+
+    def __post_init__(self) -> None:
+        self.codec = Codec(registry_url=self.settings.schema_registry_url)
+
+    @property
+    def redis(self) -> Any:
+        if self._redis is None:
+            self._redis = connect_redis(self.settings.redis_url)
+        return self._redis
+
+    def banks(self) -> BankTable:
+        if self._banks is None:
+            self._banks = BankTable()
+            self._follower = BankFollower(self.settings, self.codec, self._banks)
+            self._follower.start()
+            self._follower.wait_caught_up()
+        return self._banks
+
+    def build(self, name: str) -> Stage:
+        builders: dict[str, Callable[[], Stage]] = {
+            "enrich": lambda: EnrichStage(RedisAccountStore(self.redis)),
+            "match": lambda: MatchStage(self.banks()),
+            "decide": lambda: DecideStage(),
+            "enforce-log": lambda: EnforceStage("log", logging_handlers(), self.settings.topic_prefix),
+        }
+        if name not in builders:
+            raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGES)} or all")
+        return builders[name]()
+
+    def runners(self, names: list[str]) -> list[Runner]:
+        """One runner for the named pipeline stages (fused when several), one per enforcer."""
+        if names == ["all"]:
+            names = list(STAGES)
+        chain = [n for n in PIPELINE if n in names]
+        runners = [Runner(self.settings, [self.build(n) for n in chain], self.codec)] if chain else []
+        for n in names:
+            if n in ENFORCERS:
+                runners.append(Runner(self.settings, [self.build(n)], self.codec,
+                                      group=self.settings.group_id("enforcer." + n.split("-", 1)[1])))
+            elif n not in PIPELINE:
+                raise ValueError(f"unknown stage {n!r}; known: {', '.join(STAGES)} or all")
+        return runners
+
+    def close(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+
+
+def run_all(runners: list[Runner]) -> None:
+    """Runs the runners, extra ones in threads; returns when all have stopped."""
+    if not runners:
+        return
+    threads = [threading.Thread(target=r.run, args=(False,), name=r.name, daemon=True) for r in runners[1:]]
+    for t in threads:
+        t.start()
+    try:
+        runners[0].run()
+    finally:
+        for r in runners[1:]:
+            r.stop()
+        for t in threads:
+            t.join(30)

@@ -1,0 +1,5 @@
+"""SDKs for platform backends (producer) and enforcement services (see pipeline.enforce.consumer)."""
+
+from pipeline.sdk.producer import DeliveryError, ModerationProducer
+
+__all__ = ["DeliveryError", "ModerationProducer"]

@@ -1,0 +1,1 @@
+"""Signals: fingerprints computed from media (exact hashes here; perceptual hashes build on it)."""

@@ -1,0 +1,1 @@
+"""The stages, one module each. A stage is plain Python: no Kafka or Redis client imports here."""

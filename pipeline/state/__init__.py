@@ -1,0 +1,1 @@
+"""Shared state outside Kafka (Redis): accounts, and later report aggregation."""
