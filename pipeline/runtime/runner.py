@@ -30,7 +30,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +69,10 @@ class Runner:
         stages: Sequence[Stage],
         codec: Codec | None = None,
         group: str | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
+        """`before_commit`, if given, runs after a batch's outputs are acknowledged and
+        before its offsets (or its transaction) are committed: a seam for fault injection."""
         if not stages:
             raise ValueError("a runner needs at least one stage")
         names = [s.name for s in stages]
@@ -88,6 +91,7 @@ class Runner:
         self.input_topics = sorted({t for s in self.stages for t in s.inputs} - produced_inside)
         for topic in self.input_topics:
             settings.topic(topic)  # raises on an unknown topic
+        self._before_commit = before_commit
         self._stop = threading.Event()
         self.heartbeat = metrics.Heartbeat()
         self.assigned: set[tuple[str, int]] = set()
@@ -210,6 +214,8 @@ class Runner:
         assert self._consumer is not None
         self._produce(self.process_messages(messages))
         self._flush()
+        if self._before_commit:
+            self._before_commit()
         self._consumer.commit(offsets=self._next_offsets(messages), asynchronous=True)
 
     def _transact(self, messages: list[Message]) -> None:
@@ -219,6 +225,9 @@ class Runner:
         try:
             producer.begin_transaction()
             self._produce(outputs)
+            if self._before_commit:
+                producer.flush(30)
+                self._before_commit()
             producer.send_offsets_to_transaction(
                 self._next_offsets(messages), self._consumer.consumer_group_metadata(), 30
             )

@@ -1,0 +1,50 @@
+"""Helpers for integration tests: run stages in threads, collect a topic's records."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from pipeline.config import Settings
+from pipeline.records import Record, Stage
+from pipeline.runtime.reader import read_topic
+from pipeline.runtime.runner import Runner
+
+
+@contextmanager
+def running(settings: Settings, *chains: Sequence[Stage], **runner_kw: object) -> Iterator[list[Runner]]:
+    """Runs each chain of stages in its own runner thread for the duration of the block."""
+    runners = [Runner(settings, list(chain), **runner_kw) for chain in chains]  # type: ignore[arg-type]
+    threads = [threading.Thread(target=r.run, args=(False,), daemon=True) for r in runners]
+    for t in threads:
+        t.start()
+    try:
+        yield runners
+    finally:
+        for r in runners:
+            r.stop()
+        for t in threads:
+            t.join(30)
+
+
+def collect(
+    settings: Settings,
+    topic: str,
+    until: Callable[[list[Record]], bool],
+    timeout_s: float = 60.0,
+) -> list[Record]:
+    """Reads `topic` from the beginning (decoded, not JSON) until `until(records)` holds."""
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    for _, value in read_topic(settings, topic, from_beginning=True, idle_timeout_s=timeout_s, as_json=False):
+        if value is not None:
+            records.append(value)
+        if until(records) or time.monotonic() > deadline:
+            break
+    return records
+
+
+def event_ids(records: list[Record]) -> list[str]:
+    return [r["envelope"]["event_id"] for r in records]

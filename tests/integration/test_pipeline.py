@@ -1,0 +1,166 @@
+"""The pipeline end to end through the broker: decisions, dead letters, live bank updates."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from pipeline.banks.follower import BankFollower
+from pipeline.banks.table import BankTable
+from pipeline.config import Settings
+from pipeline.records import now_ms, record_key
+from pipeline.runtime.app import connect_redis
+from pipeline.sdk import ModerationProducer
+from pipeline.serde import Codec
+from pipeline.stages.decide import DecideStage
+from pipeline.stages.enrich import EnrichStage
+from pipeline.stages.match import MatchStage
+from pipeline.state.accounts import RedisAccountStore
+
+from .helpers import collect, event_ids, running
+
+pytestmark = pytest.mark.integration
+
+BANNED = b"known violent extremist video bytes" * 50
+CLEAN = b"a holiday photo" * 50
+
+
+def bank(producer: ModerationProducer, media: bytes, bank_name: str = "tvec") -> None:
+    entry = {"bank": bank_name, "signal_type": "sha256", "hash": hashlib.sha256(media).hexdigest(),
+             "category": "terrorism", "severity": "critical", "source": "test", "added_at": now_ms()}
+    producer.send("banks", entry, key=record_key("banks", entry))
+    producer.flush()
+
+
+def pipeline_stages(settings: Settings, banks: BankTable) -> list[object]:
+    return [EnrichStage(RedisAccountStore(connect_redis(settings.redis_url))), MatchStage(banks), DecideStage()]
+
+
+@pytest.fixture
+def banks(settings: Settings):  # type: ignore[no-untyped-def]
+    table = BankTable()
+    follower = BankFollower(settings, Codec(), table)
+    follower.start()
+    yield table, follower
+    follower.stop()
+
+
+def by_event(decisions: list[dict]) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {d["envelope"]["event_id"]: d for d in decisions}
+
+
+def test_banned_upload_removed_clean_allowed(settings: Settings, banks) -> None:  # type: ignore[no-untyped-def]
+    table, follower = banks
+    producer = ModerationProducer(settings)
+    bank(producer, BANNED)
+    follower.wait_caught_up()
+    with running(settings, pipeline_stages(settings, table)):
+        banned = producer.send_upload("c-banned", "u1", media=BANNED)
+        clean = producer.send_upload("c-clean", "u2", media=CLEAN, text="hello")
+        producer.flush()
+        decisions = by_event(collect(settings, "decisions", lambda ds: {banned, clean} <= set(event_ids(ds))))
+    assert decisions[banned]["action"] == "remove"
+    assert decisions[banned]["rule_id"] == "bank-match"
+    assert decisions[banned]["matches"][0]["bank"] == "tvec"
+    assert decisions[banned]["category"] == "terrorism"
+    assert decisions[clean]["action"] == "allow"
+    assert decisions[clean]["matches"] == []
+
+
+def test_separate_stages_hand_over_through_topics(settings: Settings, banks) -> None:  # type: ignore[no-untyped-def]
+    table, follower = banks
+    producer = ModerationProducer(settings)
+    bank(producer, BANNED)
+    follower.wait_caught_up()
+    enrich, match, decide = pipeline_stages(settings, table)
+    with running(settings, [enrich], [match], [decide]):
+        banned = producer.send_upload("c-banned", "u1", media=BANNED)
+        producer.flush()
+        decisions = by_event(collect(settings, "decisions", lambda ds: banned in event_ids(ds)))
+        enriched = collect(settings, "matched", lambda rs: banned in event_ids(rs))
+    assert decisions[banned]["action"] == "remove"
+    assert enriched[-1]["stages"] == ["enrich", "match"]
+
+
+def test_bank_entry_added_while_running_applies_to_later_events(settings: Settings, banks) -> None:  # type: ignore[no-untyped-def]
+    table, follower = banks
+    producer = ModerationProducer(settings)
+    follower.wait_caught_up()
+    with running(settings, pipeline_stages(settings, table)):
+        before = producer.send_upload("c-1", "u1", media=BANNED)
+        producer.flush()
+        collect(settings, "decisions", lambda ds: before in event_ids(ds))
+        bank(producer, BANNED)
+        deadline = now_ms() + 5000
+        while not table.match_exact("sha256", hashlib.sha256(BANNED).hexdigest()) and now_ms() < deadline:
+            pass
+        after = producer.send_upload("c-2", "u1", media=BANNED)
+        producer.flush()
+        decisions = by_event(collect(settings, "decisions", lambda ds: after in event_ids(ds)))
+    assert decisions[before]["action"] == "allow"
+    assert decisions[after]["action"] == "remove"
+    # A tombstone deletes the entry again.
+    producer.send_raw("banks", record_key("banks", {"bank": "tvec", "signal_type": "sha256",
+                                                    "hash": hashlib.sha256(BANNED).hexdigest()}), None)
+    producer.flush()
+    deadline = now_ms() + 5000
+    while table.match_exact("sha256", hashlib.sha256(BANNED).hexdigest()) and now_ms() < deadline:
+        pass
+    assert table.match_exact("sha256", hashlib.sha256(BANNED).hexdigest()) == []
+
+
+class ExplodingAccounts(RedisAccountStore):
+    """A real account store that raises for one user, to make the stage fail on one record."""
+
+    def get_many(self, user_ids):  # type: ignore[no-untyped-def]
+        if "explode" in user_ids:
+            raise RuntimeError("account store exploded for this user")
+        return super().get_many(user_ids)
+
+
+def test_bad_records_go_to_dlq_and_neighbours_are_processed(settings: Settings, banks) -> None:  # type: ignore[no-untyped-def]
+    table, follower = banks
+    follower.wait_caught_up()
+    producer = ModerationProducer(settings)
+    enrich = EnrichStage(ExplodingAccounts(connect_redis(settings.redis_url)))
+    with running(settings, [enrich, MatchStage(table), DecideStage()]):
+        first = producer.send_upload("c-1", "u1", media=CLEAN)
+        producer.send_raw("uploads", b"c-garbage", b"this is not avro")
+        producer.send_raw("uploads", b"c-json", b'{"envelope": "json is not the wire format"}')
+        producer.send_raw("uploads", b"c-bad-id", b"\x00\x7f\x7f\x7f\x7f framed, unknown schema")
+        boom = producer.send_upload("c-boom", "explode", media=CLEAN)
+        last = producer.send_upload("c-3", "u3", media=CLEAN)
+        producer.flush()
+        decisions = by_event(collect(settings, "decisions", lambda ds: {first, last} <= set(event_ids(ds))))
+        dead = collect(settings, "dlq", lambda ls: len(ls) >= 4)
+    assert decisions[first]["action"] == "allow" and decisions[last]["action"] == "allow"
+    assert boom not in decisions
+    by_key = {d["key"]: d for d in dead}
+    assert by_key[b"c-garbage"]["error_type"] == "decode"
+    assert "magic byte" in by_key[b"c-garbage"]["error"]
+    assert by_key[b"c-garbage"]["value"] == b"this is not avro"
+    assert by_key[b"c-garbage"]["topic"] == settings.topic("uploads")
+    assert by_key[b"c-json"]["error_type"] == "decode"
+    assert "unknown schema id" in by_key[b"c-bad-id"]["error"]
+    assert by_key[b"c-boom"]["error_type"] == "process"
+    assert by_key[b"c-boom"]["stage"] == "enrich"
+    assert "account store exploded" in by_key[b"c-boom"]["error"]
+    assert by_key[b"c-boom"]["offset"] >= 0
+
+
+def test_account_context_is_read_from_redis(settings: Settings, banks) -> None:  # type: ignore[no-untyped-def]
+    table, follower = banks
+    follower.wait_caught_up()
+    store = RedisAccountStore(connect_redis(settings.redis_url))
+    user = f"verified-{settings.topic_prefix}"
+    store.set_verified(user)
+    store.add_strike(user, "evt-1")
+    store.add_strike(user, "evt-1")  # idempotent per event
+    producer = ModerationProducer(settings)
+    with running(settings, [EnrichStage(store)]):
+        eid = producer.send_upload("c-1", user, text="hi")
+        producer.flush()
+        enriched = collect(settings, "enriched", lambda rs: eid in event_ids(rs))
+    account = enriched[-1]["account"]
+    assert account == {"user_id": user, "identity_verified": True, "strikes": 1, "live_suspended": False}
