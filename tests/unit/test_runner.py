@@ -1,0 +1,123 @@
+"""The runner's decode/process/encode path with fake messages: no broker needed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from pipeline.config import Settings
+from pipeline.records import Incoming, Output, envelope
+from pipeline.runtime.runner import Runner
+from pipeline.serde import Codec
+
+
+class FakeMessage:
+    def __init__(self, topic: str, value: bytes | None, offset: int, key: bytes | None = b"k") -> None:
+        self._topic, self._value, self._offset, self._key = topic, value, offset, key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def error(self) -> None:
+        return None
+
+
+class Upper:
+    """Turns uploads into review tasks; raises on text 'boom'."""
+
+    name = "upper"
+    inputs = ("uploads",)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def process(self, batch: Sequence[Incoming]) -> list[Output]:
+        self.calls += 1
+        out = []
+        for r in batch:
+            if r.value["text"] == "boom":
+                raise ValueError("boom")
+            task = {"task_id": r.value["envelope"]["event_id"], "envelope": r.value["envelope"], "priority": 1,
+                    "deadline": 0, "reason": r.value["text"].upper(), "decision_id": None, "created_at": 0}
+            out.append(Output("review", "k", task))
+        return out
+
+
+class Count:
+    """Reads the review topic (handed over in memory when fused) and writes dead letters of nothing."""
+
+    name = "count"
+    inputs = ("review",)
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def process(self, batch: Sequence[Incoming]) -> list[Output]:
+        self.seen += [r.value["reason"] for r in batch]
+        return []
+
+
+@pytest.fixture
+def codec() -> Codec:
+    return Codec()
+
+
+def upload(codec: Codec, text: str, offset: int) -> FakeMessage:
+    event = {"envelope": envelope("p", content_id=f"c{offset}", event_id=f"e{offset}"), "text": text}
+    return FakeMessage("mod.uploads", codec.encode("UploadEvent", event), offset)
+
+
+def decode_all(codec: Codec, encoded: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    types = {"review": "ReviewTask", "dlq": "DeadLetter"}
+    return [(e.topic, codec.decode(types[e.topic], e.value)) for e in encoded]
+
+
+def test_bad_bytes_and_raising_records_are_dead_lettered_others_processed(codec: Codec) -> None:
+    stage = Upper()
+    runner = Runner(Settings(bootstrap_servers="x"), [stage], codec)
+    messages = [upload(codec, "a", 0), FakeMessage("mod.uploads", b"junk", 1), upload(codec, "boom", 2),
+                upload(codec, "b", 3)]
+    out = decode_all(codec, runner.process_messages(messages))
+    reviews = [v["reason"] for t, v in out if t == "review"]
+    dead = {v["offset"]: v for t, v in out if t == "dlq"}
+    assert reviews == ["A", "B"]
+    assert set(dead) == {1, 2}
+    assert dead[1]["error_type"] == "decode" and dead[1]["value"] == b"junk"
+    assert dead[2]["error_type"] == "process" and "boom" in dead[2]["error"]
+    assert dead[2]["stage"] == "upper" and dead[2]["topic"] == "mod.uploads"
+    assert stage.calls == 1 + 3  # the batch, then each record alone
+
+
+def test_fused_stages_hand_over_in_memory(codec: Codec) -> None:
+    upper, count = Upper(), Count()
+    runner = Runner(Settings(bootstrap_servers="x"), [upper, count], codec)
+    assert runner.input_topics == ["uploads"]
+    out = runner.process_messages([upload(codec, "a", 0), upload(codec, "b", 1)])
+    assert out == []  # nothing produced: review records went to `count` in memory
+    assert count.seen == ["A", "B"]
+
+
+def test_runner_rejects_duplicate_stage_names_and_unknown_topics() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        Runner(Settings(bootstrap_servers="x"), [Upper(), Upper()])
+
+    class Bad(Upper):
+        name = "bad"
+        inputs = ("nope",)
+
+    with pytest.raises(KeyError, match="unknown topic"):
+        Runner(Settings(bootstrap_servers="x"), [Bad()])

@@ -1,0 +1,112 @@
+"""Stages called directly, with fakes for what they are given: no broker, no Redis."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from pipeline.banks.table import BankTable
+from pipeline.enforce.consumer import EnforceStage
+from pipeline.records import Incoming, Record, envelope
+from pipeline.state.accounts import account_context
+from pipeline.stages.decide import DecideStage
+from pipeline.stages.enrich import EnrichStage
+from pipeline.stages.match import MatchStage
+
+MEDIA = b"some media bytes"
+
+
+class FakeAccounts:
+    def get_many(self, user_ids: Iterable[str]) -> dict[str, Record]:
+        return {u: account_context(u, {"identity_verified": "1", "strikes": "2"}) for u in user_ids}
+
+
+def upload(media: bytes | None = MEDIA, **kw: object) -> Incoming:
+    env = envelope("p", content_id="c1", user_id="u1")
+    return Incoming("uploads", b"c1", {"envelope": env, "media_b64": media, "media_uri": kw.get("uri"),
+                                       "media_type": None, "text": None})
+
+
+def report() -> Incoming:
+    env = envelope("p", content_id="c1", user_id="owner")
+    return Incoming("reports", b"c1", {"envelope": env, "reporter_id": "r1", "reason": "terrorism", "text": None})
+
+
+def bank() -> BankTable:
+    table = BankTable()
+    table.load([{"bank": "b", "signal_type": "sha256", "hash": hashlib.sha256(MEDIA).hexdigest().upper(),
+                 "category": "terrorism", "severity": "critical", "source": "s", "added_at": 0}])
+    return table
+
+
+def through(*stages: object, record: Incoming) -> list[Record]:
+    batch = [record]
+    outputs = []
+    for stage in stages:
+        outputs = stage.process(batch)  # type: ignore[attr-defined]
+        batch = [Incoming(o.topic, None, o.value) for o in outputs]
+    return [o.value for o in outputs]
+
+
+def test_enrich_adds_account_and_exact_hashes() -> None:
+    [record] = through(EnrichStage(FakeAccounts()), record=upload())
+    assert record["account"]["identity_verified"] is True and record["account"]["strikes"] == 2
+    assert {s["signal_type"]: s["value"] for s in record["signals"]} == {
+        "md5": hashlib.md5(MEDIA).hexdigest(), "sha256": hashlib.sha256(MEDIA).hexdigest()}
+    assert record["kind"] == "upload" and record["stages"] == ["enrich"]
+
+
+def test_enrich_says_why_media_by_reference_is_unhashed() -> None:
+    [record] = through(EnrichStage(FakeAccounts()), record=upload(media=None, uri="https://x/y.jpg"))
+    assert record["signals"] == [] and "media_uri" in record["media_error"]
+
+
+def test_banned_media_is_removed_with_its_evidence() -> None:
+    stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage())
+    [d] = through(*stages, record=upload())
+    assert d["action"] == "remove" and d["rule_id"] == "bank-match"
+    assert d["matches"][0]["bank"] == "b" and d["category"] == "terrorism" and d["severity"] == "critical"
+    assert d["policy_id"] and d["policy_version"] and "bank 'b'" in d["explanation"]
+    [again] = through(*stages, record=upload())
+    assert again["decision_id"] != d["decision_id"]  # a new event, a new decision
+
+
+def test_clean_media_allowed_and_decision_id_is_stable_per_event() -> None:
+    stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage())
+    record = upload(media=b"clean")
+    [d1] = through(*stages, record=record)
+    [d2] = through(*stages, record=record)
+    assert d1["action"] == "allow" and d1["decision_id"] == d2["decision_id"]
+
+
+def test_report_without_evidence_goes_to_review_within_24h() -> None:
+    decision, task = through(EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage(), record=report())
+    assert decision["action"] == "review"
+    assert task["deadline"] - task["envelope"]["occurred_at"] == 24 * 3600 * 1000
+    assert task["decision_id"] == decision["decision_id"]
+
+
+def test_bank_table_latest_wins_and_tombstones() -> None:
+    table = bank()
+    h = hashlib.sha256(MEDIA).hexdigest()
+    key = f"b/sha256/{h}"
+    assert table.match_exact("sha256", h)[0]["severity"] == "critical"
+    table.apply(key, {"bank": "b", "signal_type": "sha256", "hash": h, "category": "terrorism",
+                      "severity": "low", "source": "s", "added_at": 1})
+    assert [m["severity"] for m in table.match_exact("sha256", h)] == ["low"]
+    table.apply(key, None)
+    assert table.match_exact("sha256", h) == [] and len(table) == 0
+
+
+def test_enforce_stage_retries_then_fails() -> None:
+    sleeps: list[float] = []
+
+    def broken(d: Record) -> str:
+        raise TimeoutError("slow platform")
+
+    stage = EnforceStage("x", {"remove": broken}, retries=3, backoff_s=0.1, sleep=sleeps.append)
+    d = {"decision_id": "d1", "envelope": envelope("p", content_id="c"), "action": "remove"}
+    result, dead = stage.process([Incoming("decisions", b"c", d, 0, 7, b"raw")])
+    assert result.value is not None and result.value["status"] == "failed" and result.value["attempts"] == 3
+    assert sleeps == [0.1, 0.2]
+    assert dead.topic == "dlq" and dead.value is not None and dead.value["offset"] == 7
