@@ -17,14 +17,23 @@ logger = logging.getLogger(__name__)
 
 class JsonLogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"ts": record.created, "level": record.levelname, "logger": record.name,
-                           "msg": record.getMessage()})
+        return json.dumps(
+            {
+                "ts": record.created,
+                "level": record.levelname,
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
+        )
 
 
 def configure_logging(level: str, json_logs: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter() if json_logs else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonLogFormatter()
+        if json_logs
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
@@ -44,7 +53,9 @@ def main(ctx: click.Context, log_level: str, json_logs: bool) -> None:
 def settings_of(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     if not settings.bootstrap_servers:
-        raise click.ClickException("no Kafka configured: set MODSTREAM_BOOTSTRAP_SERVERS or run `modstream dev up`")
+        raise click.ClickException(
+            "no Kafka configured: set MODSTREAM_BOOTSTRAP_SERVERS or run `modstream dev up`"
+        )
     return settings
 
 
@@ -77,8 +88,10 @@ def dev_status(ctx: click.Context) -> None:
     if state is None:
         click.echo("not running")
         sys.exit(1)
-    click.echo(f"broker {state.bootstrap_servers} (pid {state.broker_pid})\n"
-               f"redis  {state.redis_url} ({'pid ' + str(state.redis_pid) if state.redis_pid else 'external'})")
+    click.echo(
+        f"broker {state.bootstrap_servers} (pid {state.broker_pid})\n"
+        f"redis  {state.redis_url} ({'pid ' + str(state.redis_pid) if state.redis_pid else 'external'})"
+    )
 
 
 # ---- topics and stages -------------------------------------------------------
@@ -150,8 +163,9 @@ def produce(ctx: click.Context, topic: str, source: IO[str]) -> None:
 @click.option("--timeout", type=float, default=0.0, help="Stop after S seconds without a record.")
 @click.option("--with-key", is_flag=True, help="Print {key, value} objects.")
 @click.pass_context
-def tail(ctx: click.Context, topic: str, from_beginning: bool, max_records: int, timeout: float,
-         with_key: bool) -> None:
+def tail(
+    ctx: click.Context, topic: str, from_beginning: bool, max_records: int, timeout: float, with_key: bool
+) -> None:
     """Print TOPIC's records as JSON lines."""
     from pipeline.runtime.reader import read_topic
 

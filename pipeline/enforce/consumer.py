@@ -57,7 +57,11 @@ class EnforceStage:
             if handler is None:
                 continue
             attempts, detail, ok = self._call(handler, d)
-            out.append(Output("enforcement.results", subject_key(d["envelope"]), self._result(d, ok, attempts, detail)))
+            out.append(
+                Output(
+                    "enforcement.results", subject_key(d["envelope"]), self._result(d, ok, attempts, detail)
+                )
+            )
             if not ok:
                 out.append(dead_letter(incoming, self.name, "enforce", detail, self.topic_prefix))
         return out
@@ -69,7 +73,14 @@ class EnforceStage:
                 return attempt, handler(d), True
             except Exception as exc:  # a handler's failure is reported, retried, then dead-lettered
                 detail = f"{type(exc).__name__}: {exc}"
-                logger.warning("%s: %s on %s failed (attempt %d): %s", self.name, d["action"], d["decision_id"], attempt, detail)
+                logger.warning(
+                    "%s: %s on %s failed (attempt %d): %s",
+                    self.name,
+                    d["action"],
+                    d["decision_id"],
+                    attempt,
+                    detail,
+                )
                 if attempt < self.retries:
                     self.sleep(delay)
                     delay *= 2
@@ -94,7 +105,9 @@ class DecisionConsumer:
     >>> DecisionConsumer(settings, "takedown", {"remove": take_down}).run()
     """
 
-    def __init__(self, settings: Settings, name: str, handlers: Mapping[str, Handler], **options: object) -> None:
+    def __init__(
+        self, settings: Settings, name: str, handlers: Mapping[str, Handler], **options: object
+    ) -> None:
         self.stage = EnforceStage(name, handlers, topic_prefix=settings.topic_prefix, **options)  # type: ignore[arg-type]
         self.runner = Runner(settings, [self.stage], group=settings.group_id(f"enforcer.{name}"))
 

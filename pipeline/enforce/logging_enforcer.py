@@ -13,8 +13,16 @@ logger = logging.getLogger(__name__)
 def log_decision(d: Record) -> str:
     env = d["envelope"]
     subject = env.get("content_id") or env.get("stream_id") or env["event_id"]
-    logger.info("%s %s %s (rule %s, policy %s v%s): %s", d["action"].upper(), d["kind"], subject,
-                d["rule_id"], d["policy_id"], d["policy_version"], d["explanation"])
+    logger.info(
+        "%s %s %s (rule %s, policy %s v%s): %s",
+        d["action"].upper(),
+        d["kind"],
+        subject,
+        d["rule_id"],
+        d["policy_id"],
+        d["policy_version"],
+        d["explanation"],
+    )
     return f"logged {d['action']} of {subject}"
 
 

@@ -85,8 +85,14 @@ class App:
         runners = [Runner(self.settings, [self.build(n) for n in chain], self.codec)] if chain else []
         for n in names:
             if n in ENFORCERS:
-                runners.append(Runner(self.settings, [self.build(n)], self.codec,
-                                      group=self.settings.group_id("enforcer." + n.split("-", 1)[1])))
+                runners.append(
+                    Runner(
+                        self.settings,
+                        [self.build(n)],
+                        self.codec,
+                        group=self.settings.group_id("enforcer." + n.split("-", 1)[1]),
+                    )
+                )
             elif n not in PIPELINE:
                 raise ValueError(f"unknown stage {n!r}; known: {', '.join(STAGES)} or all")
         return runners

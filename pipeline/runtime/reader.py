@@ -42,7 +42,8 @@ def read_topic(
             for msg in messages:
                 if msg.error():
                     continue
-                key = msg.key().decode(errors="replace") if msg.key() is not None else None
+                raw_key = msg.key()
+                key = raw_key.decode(errors="replace") if raw_key is not None else None
                 yield key, _value(codec, record_type, msg.value(), as_json)
                 seen += 1
                 if max_records and seen >= max_records:

@@ -125,7 +125,10 @@ class Runner:
         self._open()
         logger.info(
             "stage %s consuming %s as group %s (%s)",
-            self.name, self.input_topics, self.group, self.settings.guarantee,
+            self.name,
+            self.input_topics,
+            self.group,
+            self.settings.guarantee,
         )
         try:
             while not self._stop.is_set():
@@ -267,7 +270,9 @@ class Runner:
         if remaining:
             raise DeliveryFailed(f"{remaining} records not acknowledged within 60 s")
         if self._delivery_errors:
-            raise DeliveryFailed(f"{len(self._delivery_errors)} deliveries failed: {self._delivery_errors[0]}")
+            raise DeliveryFailed(
+                f"{len(self._delivery_errors)} deliveries failed: {self._delivery_errors[0]}"
+            )
         self._record_latency(self._pending_latency)
 
     def _record_latency(self, outputs: Iterable[_Encoded]) -> None:
@@ -280,14 +285,16 @@ class Runner:
     def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
         last: dict[tuple[str, int], int] = {}
         for m in messages:
-            last[(m.topic(), m.partition())] = m.offset()
+            topic, partition, offset = _where(m)
+            last[(topic, partition)] = offset
         return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
     def _rewind(self, messages: list[Message]) -> None:
         assert self._consumer is not None
         first: dict[tuple[str, int], int] = {}
         for m in messages:
-            first.setdefault((m.topic(), m.partition()), m.offset())
+            topic, partition, offset = _where(m)
+            first.setdefault((topic, partition), offset)
         for (t, p), o in first.items():
             self._consumer.seek(TopicPartition(t, p, o))
 
@@ -298,15 +305,16 @@ class Runner:
         batch: list[Incoming] = []
         raw: _RawIndex = {}
         for m in messages:
-            topic = self.settings.short_name(m.topic())
+            full_topic, partition, offset = _where(m)
+            topic = self.settings.short_name(full_topic)
             metrics.RECORDS_IN.labels(self.name, topic).inc()
             try:
                 value = self.codec.decode(TOPICS[topic], m.value())
             except DecodeError as exc:
-                out.append(self._dead_letter(topic, m.partition(), m.offset(), m.key(), m.value(), "decode", exc))
+                out.append(self._dead_letter(topic, partition, offset, m.key(), m.value(), "decode", exc))
                 continue
-            raw[(topic, m.partition(), m.offset())] = (m.key(), m.value())
-            batch.append(Incoming(topic, m.key(), value, m.partition(), m.offset(), m.value()))
+            raw[(topic, partition, offset)] = (m.key(), m.value())
+            batch.append(Incoming(topic, m.key(), value, partition, offset, m.value()))
         out.extend(self._run_chain(batch, raw))
         return out
 
@@ -330,9 +338,18 @@ class Runner:
                         h, e = self._apply(index, [record])
                     except Exception as exc:  # one bad record must not stop the stage
                         key, value = self._raw_of(record, raw)
-                        out.append(self._dead_letter(
-                            record.topic, record.partition, record.offset, key, value, "process", exc, stage.name
-                        ))
+                        out.append(
+                            self._dead_letter(
+                                record.topic,
+                                record.partition,
+                                record.offset,
+                                key,
+                                value,
+                                "process",
+                                exc,
+                                stage.name,
+                            )
+                        )
                         continue
                     handed += h
                     encoded += e
@@ -347,7 +364,9 @@ class Runner:
         encoded: list[_Encoded] = []
         for o in self.stages[index].process(records):
             if o.topic in self._internal[index]:
-                handed.append(Incoming(o.topic, _key_bytes(o.key), o.value or {}, origin.partition, origin.offset))
+                handed.append(
+                    Incoming(o.topic, _key_bytes(o.key), o.value or {}, origin.partition, origin.offset)
+                )
             else:
                 encoded.append(self._encode(o))
         return handed, encoded
@@ -360,7 +379,9 @@ class Runner:
         return record.key, self.codec.encode(TOPICS[record.topic], record.value)
 
     def _encode(self, o: Output) -> _Encoded:
-        value = None if o.value is None else self.codec.encode(TOPICS[o.topic], o.value, self._subject(o.topic))
+        value = (
+            None if o.value is None else self.codec.encode(TOPICS[o.topic], o.value, self._subject(o.topic))
+        )
         occurred = (o.value or {}).get("envelope", {}) or {}
         return _Encoded(o.topic, _key_bytes(o.key), value, occurred.get("occurred_at"))
 
@@ -394,6 +415,11 @@ class Runner:
             "failed_at": now_ms(),
         }
         return _Encoded("dlq", key, self.codec.encode("DeadLetter", letter, self._subject("dlq")), None)
+
+
+def _where(m: Message) -> tuple[str, int, int]:
+    """A consumed message's topic, partition and offset (typed as optional by the client)."""
+    return str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
 
 
 def _key_bytes(key: str | bytes | None) -> bytes | None:

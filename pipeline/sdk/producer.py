@@ -49,8 +49,16 @@ class ModerationProducer:
         }
         return self.send("uploads", event)
 
-    def send_report(self, content_id: str, reporter_id: str, reason: str, *, text: str | None = None,
-                    owner_id: str | None = None, **env: Any) -> str:
+    def send_report(
+        self,
+        content_id: str,
+        reporter_id: str,
+        reason: str,
+        *,
+        text: str | None = None,
+        owner_id: str | None = None,
+        **env: Any,
+    ) -> str:
         event = {
             "envelope": self._envelope(content_id=content_id, user_id=owner_id, **env),
             "reporter_id": reporter_id,
@@ -62,14 +70,25 @@ class ModerationProducer:
     def send_live_started(self, stream_id: str, user_id: str, *, title: str | None = None, **env: Any) -> str:
         return self._live(stream_id, user_id, "started", text=title, **env)
 
-    def send_live_frame(self, stream_id: str, user_id: str, frame_index: int, frame: bytes, **env: Any) -> str:
+    def send_live_frame(
+        self, stream_id: str, user_id: str, frame_index: int, frame: bytes, **env: Any
+    ) -> str:
         return self._live(stream_id, user_id, "frame", frame_index=frame_index, frame_b64=frame, **env)
 
     def send_live_ended(self, stream_id: str, user_id: str, **env: Any) -> str:
         return self._live(stream_id, user_id, "ended", **env)
 
-    def _live(self, stream_id: str, user_id: str, kind: str, *, frame_index: int | None = None,
-              frame_b64: bytes | None = None, text: str | None = None, **env: Any) -> str:
+    def _live(
+        self,
+        stream_id: str,
+        user_id: str,
+        kind: str,
+        *,
+        frame_index: int | None = None,
+        frame_b64: bytes | None = None,
+        text: str | None = None,
+        **env: Any,
+    ) -> str:
         event = {
             "envelope": self._envelope(stream_id=stream_id, user_id=user_id, **env),
             "kind": kind,
@@ -100,7 +119,9 @@ class ModerationProducer:
 
         while True:
             try:
-                self.producer.produce(self.settings.topic(topic), value=value, key=key, on_delivery=on_delivery)
+                self.producer.produce(
+                    self.settings.topic(topic), value=value, key=key, on_delivery=on_delivery
+                )
                 break
             except BufferError:
                 self.producer.poll(0.1)

@@ -172,7 +172,7 @@ class Codec:
             writer = self.registry.schema_for(schema_id)
             reader = self.schemas.expanded[record_type]
             written_as = str(writer.get("name", "")) if isinstance(writer, dict) else ""
-            if written_as and written_as != reader["name"]:
+            if written_as and isinstance(reader, dict) and written_as != reader["name"]:
                 raise DecodeError(f"{record_type}: record was written as {written_as}", raw)
             buf = io.BytesIO(raw)
             buf.seek(_HEADER.size)

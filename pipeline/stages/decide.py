@@ -59,16 +59,21 @@ class DecideStage:
             action = "end_stream" if record["kind"] == "live" else "remove"
             what = f"{worst['signal_type']} {worst['hash'][:16]}… in bank {worst['bank']!r}"
             d = decision(
-                record, action, "bank-match",
-                f"{action}: matched {len(record['matches'])} bank entr{'y' if len(record['matches']) == 1 else 'ies'}; "
+                record,
+                action,
+                "bank-match",
+                f"{action}: {len(record['matches'])} bank match(es); "
                 f"worst {what} ({worst['category']}, {worst['severity']})",
-                category=worst["category"], severity=worst["severity"],
+                category=worst["category"],
+                severity=worst["severity"],
             )
             return [Output("decisions", key, d)]
         if record["kind"] == "report":
             report = record["report"]
             d = decision(
-                record, "review", "report-needs-review",
+                record,
+                "review",
+                "report-needs-review",
                 f"reported for {report['reason']} with no matching signal: human review within 24 h",
                 category=report["reason"],
             )

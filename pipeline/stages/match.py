@@ -23,7 +23,9 @@ class MatchStage:
         out = []
         for incoming in batch:
             record = dict(incoming.value)
-            matches = [m for s in record["signals"] for m in self.banks.match_exact(s["signal_type"], s["value"])]
+            matches = [
+                m for s in record["signals"] for m in self.banks.match_exact(s["signal_type"], s["value"])
+            ]
             record["matches"] = matches
             record["stages"] = [*record["stages"], "match"]
             out.append(Output("matched", subject_key(record["envelope"]), record))

@@ -17,8 +17,11 @@ def test_read_committed_hides_aborted_transactions(
     settings: Settings, broker_kind: str, request: pytest.FixtureRequest
 ) -> None:
     if broker_kind == "embedded":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="Tansu does not filter aborted transactions for read_committed consumers"))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True, reason="Tansu does not filter aborted transactions for read_committed consumers"
+            )
+        )
     topic = settings.topic("uploads")
     tid = settings.topic_prefix + "repro"
     old = Producer(settings.producer_config(tid))

@@ -19,10 +19,17 @@ from ..conftest import settings_env
 pytestmark = pytest.mark.integration
 
 
-def cli(settings: Settings, *args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", "--log-level", "WARNING", *args],
-                          input=stdin, capture_output=True, text=True, env=settings_env(settings),
-                          timeout=timeout)
+def cli(
+    settings: Settings, *args: str, stdin: str = "", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "--log-level", "WARNING", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=settings_env(settings),
+        timeout=timeout,
+    )
 
 
 def test_topics_create_is_idempotent_and_compacts_banks(settings: Settings) -> None:
@@ -41,12 +48,28 @@ def test_produce_json_run_and_tail(settings: Settings, tmp_path: Path) -> None:
     media = b"banned by the cli test" * 10
     import hashlib
 
-    bank_line = json.dumps({"bank": "cli", "signal_type": "sha256", "hash": hashlib.sha256(media).hexdigest(),
-                            "category": "terrorism", "severity": "high", "source": "cli", "added_at": 1})
+    bank_line = json.dumps(
+        {
+            "bank": "cli",
+            "signal_type": "sha256",
+            "hash": hashlib.sha256(media).hexdigest(),
+            "category": "terrorism",
+            "severity": "high",
+            "source": "cli",
+            "added_at": 1,
+        }
+    )
     assert cli(settings, "produce", "banks", stdin=bank_line + "\n").returncode == 0
-    upload = {"envelope": {"event_id": "e-cli-1", "platform_id": "p", "occurred_at": int(time.time() * 1000),
-                           "content_id": "c-cli-1", "user_id": "u"},
-              "media_b64": base64.b64encode(media).decode()}
+    upload = {
+        "envelope": {
+            "event_id": "e-cli-1",
+            "platform_id": "p",
+            "occurred_at": int(time.time() * 1000),
+            "content_id": "c-cli-1",
+            "user_id": "u",
+        },
+        "media_b64": base64.b64encode(media).decode(),
+    }
     bad = {"envelope": {"event_id": "e-cli-2", "platform_id": "p", "occurred_at": 1}, "surprise": 1}
     out = cli(settings, "produce", "uploads", stdin=json.dumps(bad) + "\n")
     assert out.returncode != 0 and "unknown field(s) ['surprise']" in out.stderr
@@ -54,13 +77,19 @@ def test_produce_json_run_and_tail(settings: Settings, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
     log = (tmp_path / "run.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "all"], env=settings_env(settings),
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "all"],
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         out = cli(settings, "tail", "decisions", "--from-beginning", "--max", "1", "--timeout", "60")
         assert out.returncode == 0, out.stderr
         decision = json.loads(out.stdout.splitlines()[0])
-        results = cli(settings, "tail", "enforcement.results", "--from-beginning", "--max", "1", "--timeout", "60")
+        results = cli(
+            settings, "tail", "enforcement.results", "--from-beginning", "--max", "1", "--timeout", "60"
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -80,8 +109,13 @@ def test_dev_up_status_down(settings: Settings, tmp_path: Path) -> None:
         env = settings_env(env_settings)
         del env["MODSTREAM_BOOTSTRAP_SERVERS"]
         env.pop("MODSTREAM_REDIS_URL", None)
-        return subprocess.run([sys.executable, "-m", "pipeline", "dev", *args], capture_output=True,
-                              text=True, env=env, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", "dev", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
 
     up = dev("up")
     try:
@@ -99,8 +133,13 @@ def test_demo_prints_decisions(settings: Settings, tmp_path: Path) -> None:
     env = settings_env(settings.with_(state_dir=tmp_path / "state"))
     del env["MODSTREAM_BOOTSTRAP_SERVERS"]
     env.pop("MODSTREAM_REDIS_URL", None)
-    out = subprocess.run([sys.executable, "-m", "pipeline", "--log-level", "WARNING", "demo"],
-                         capture_output=True, text=True, env=env, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--log-level", "WARNING", "demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("REMOVE") == 2
     assert "ALLOW" in out.stdout and "REVIEW" in out.stdout

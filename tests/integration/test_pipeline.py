@@ -27,14 +27,25 @@ CLEAN = b"a holiday photo" * 50
 
 
 def bank(producer: ModerationProducer, media: bytes, bank_name: str = "tvec") -> None:
-    entry = {"bank": bank_name, "signal_type": "sha256", "hash": hashlib.sha256(media).hexdigest(),
-             "category": "terrorism", "severity": "critical", "source": "test", "added_at": now_ms()}
+    entry = {
+        "bank": bank_name,
+        "signal_type": "sha256",
+        "hash": hashlib.sha256(media).hexdigest(),
+        "category": "terrorism",
+        "severity": "critical",
+        "source": "test",
+        "added_at": now_ms(),
+    }
     producer.send("banks", entry, key=record_key("banks", entry))
     producer.flush()
 
 
 def pipeline_stages(settings: Settings, banks: BankTable) -> list[object]:
-    return [EnrichStage(RedisAccountStore(connect_redis(settings.redis_url))), MatchStage(banks), DecideStage()]
+    return [
+        EnrichStage(RedisAccountStore(connect_redis(settings.redis_url))),
+        MatchStage(banks),
+        DecideStage(),
+    ]
 
 
 @pytest.fixture
@@ -101,8 +112,13 @@ def test_bank_entry_added_while_running_applies_to_later_events(settings: Settin
     assert decisions[before]["action"] == "allow"
     assert decisions[after]["action"] == "remove"
     # A tombstone deletes the entry again.
-    producer.send_raw("banks", record_key("banks", {"bank": "tvec", "signal_type": "sha256",
-                                                    "hash": hashlib.sha256(BANNED).hexdigest()}), None)
+    producer.send_raw(
+        "banks",
+        record_key(
+            "banks", {"bank": "tvec", "signal_type": "sha256", "hash": hashlib.sha256(BANNED).hexdigest()}
+        ),
+        None,
+    )
     producer.flush()
     deadline = now_ms() + 5000
     while table.match_exact("sha256", hashlib.sha256(BANNED).hexdigest()) and now_ms() < deadline:

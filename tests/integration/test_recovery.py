@@ -68,15 +68,19 @@ def decided_ids(settings: Settings, wanted: int, timeout_s: float) -> list[str]:
 def kill_and_restart(settings: Settings, tmp_path: Path) -> tuple[list[str], list[str]]:
     producer = ModerationProducer(settings)
     bank(producer, BANNED)
-    sent = [producer.send_upload(f"c-{i}", f"u{i % 50}", media=BANNED if i % 10 == 0 else str(i).encode())
-            for i in range(EVENTS)]
+    sent = [
+        producer.send_upload(f"c-{i}", f"u{i % 50}", media=BANNED if i % 10 == 0 else str(i).encode())
+        for i in range(EVENTS)
+    ]
     producer.flush()
     log = tmp_path / "stage.log"
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
     crashed = run_stage(settings, [str(killer)], log)
     assert crashed.wait(120) == -signal.SIGKILL, log.read_text()
-    proc = run_stage(settings, ["-m", "pipeline", "--log-level", "WARNING", "run", "enrich", "match", "decide"], log)
+    proc = run_stage(
+        settings, ["-m", "pipeline", "--log-level", "WARNING", "run", "enrich", "match", "decide"], log
+    )
     try:
         ids = decided_ids(settings, EVENTS, 120)
     finally:
@@ -97,9 +101,15 @@ def test_exactly_once_yields_each_decision_once_across_a_kill(
     settings: Settings, tmp_path: Path, broker_kind: str, request: pytest.FixtureRequest
 ) -> None:
     if broker_kind == "embedded":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "Tansu shows records of aborted and open transactions to read_committed consumers; "
-            "see test_read_committed_hides_aborted_transactions")))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "Tansu shows records of aborted and open transactions to read_committed consumers; "
+                    "see test_read_committed_hides_aborted_transactions"
+                ),
+            )
+        )
     settings = settings.with_(guarantee="exactly-once")
     sent, ids = kill_and_restart(settings, tmp_path)
     assert set(sent) <= set(ids)

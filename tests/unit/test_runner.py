@@ -51,8 +51,15 @@ class Upper:
         for r in batch:
             if r.value["text"] == "boom":
                 raise ValueError("boom")
-            task = {"task_id": r.value["envelope"]["event_id"], "envelope": r.value["envelope"], "priority": 1,
-                    "deadline": 0, "reason": r.value["text"].upper(), "decision_id": None, "created_at": 0}
+            task = {
+                "task_id": r.value["envelope"]["event_id"],
+                "envelope": r.value["envelope"],
+                "priority": 1,
+                "deadline": 0,
+                "reason": r.value["text"].upper(),
+                "decision_id": None,
+                "created_at": 0,
+            }
             out.append(Output("review", "k", task))
         return out
 
@@ -89,8 +96,12 @@ def decode_all(codec: Codec, encoded: list[Any]) -> list[tuple[str, dict[str, An
 def test_bad_bytes_and_raising_records_are_dead_lettered_others_processed(codec: Codec) -> None:
     stage = Upper()
     runner = Runner(Settings(bootstrap_servers="x"), [stage], codec)
-    messages = [upload(codec, "a", 0), FakeMessage("mod.uploads", b"junk", 1), upload(codec, "boom", 2),
-                upload(codec, "b", 3)]
+    messages = [
+        upload(codec, "a", 0),
+        FakeMessage("mod.uploads", b"junk", 1),
+        upload(codec, "boom", 2),
+        upload(codec, "b", 3),
+    ]
     out = decode_all(codec, runner.process_messages(messages))
     reviews = [v["reason"] for t, v in out if t == "review"]
     dead = {v["offset"]: v for t, v in out if t == "dlq"}

@@ -16,7 +16,13 @@ from pipeline.serde import Codec, DecodeError, EncodeError, SchemaSet
 from pipeline.serde.json_form import from_json, to_json
 
 ENV = envelope("p1", content_id="c1", user_id="u1", event_id="e1", occurred_at=1700000000000)
-UPLOAD = {"envelope": ENV, "media_b64": b"\x00\xffbytes", "media_uri": None, "media_type": "image/png", "text": "hi"}
+UPLOAD = {
+    "envelope": ENV,
+    "media_b64": b"\x00\xffbytes",
+    "media_uri": None,
+    "media_type": "image/png",
+    "text": "hi",
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +33,22 @@ def codec() -> Codec:
 def test_every_topic_has_a_schema_and_every_file_parses() -> None:
     schemas = SchemaSet()
     assert set(TOPICS.values()) <= set(schemas.parsed)
-    for name in ("Envelope", "Signal", "UploadEvent", "ReportEvent", "LiveEvent", "ModerationRecord",
-                 "Decision", "EnforcementResult", "BankEntry", "SharedSignal", "Incident", "ReviewTask",
-                 "ReviewVerdict", "DeadLetter"):
+    for name in (
+        "Envelope",
+        "Signal",
+        "UploadEvent",
+        "ReportEvent",
+        "LiveEvent",
+        "ModerationRecord",
+        "Decision",
+        "EnforcementResult",
+        "BankEntry",
+        "SharedSignal",
+        "Incident",
+        "ReviewTask",
+        "ReviewVerdict",
+        "DeadLetter",
+    ):
         assert name in schemas.parsed
 
 
@@ -47,12 +66,15 @@ def test_schema_ids_are_stable_and_distinct(codec: Codec) -> None:
     assert len(set(ids.values())) == len(ids)
 
 
-@pytest.mark.parametrize("raw, reason", [
-    (None, "empty value"),
-    (b"", "no magic byte"),
-    (b"plain text", "no magic byte"),
-    (b"\x00\x00\x00\x00\x09rest", "unknown schema id"),
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (None, "empty value"),
+        (b"", "no magic byte"),
+        (b"plain text", "no magic byte"),
+        (b"\x00\x00\x00\x00\x09rest", "unknown schema id"),
+    ],
+)
 def test_undecodable_values_raise_decode_error(codec: Codec, raw: bytes | None, reason: str) -> None:
     with pytest.raises(DecodeError, match=reason):
         codec.decode("UploadEvent", raw)
@@ -80,8 +102,9 @@ def test_json_form_round_trip_with_base64_bytes(codec: Codec) -> None:
 
 
 def test_json_form_fills_defaults_and_rejects_bad_input(codec: Codec) -> None:
-    minimal = from_json(codec.schemas, "UploadEvent", {"envelope": {"event_id": "e", "platform_id": "p",
-                                                                    "occurred_at": 1}})
+    minimal = from_json(
+        codec.schemas, "UploadEvent", {"envelope": {"event_id": "e", "platform_id": "p", "occurred_at": 1}}
+    )
     assert minimal["media_b64"] is None and minimal["envelope"]["content_id"] is None
     with pytest.raises(EncodeError, match="unknown field"):
         from_json(codec.schemas, "UploadEvent", {**UPLOAD, "extra": 1})

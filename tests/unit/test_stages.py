@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from pipeline.banks.table import BankTable
 from pipeline.enforce.consumer import EnforceStage
 from pipeline.records import Incoming, Record, envelope
-from pipeline.state.accounts import account_context
 from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import EnrichStage
 from pipeline.stages.match import MatchStage
+from pipeline.state.accounts import account_context
 
 MEDIA = b"some media bytes"
 
@@ -23,19 +23,35 @@ class FakeAccounts:
 
 def upload(media: bytes | None = MEDIA, **kw: object) -> Incoming:
     env = envelope("p", content_id="c1", user_id="u1")
-    return Incoming("uploads", b"c1", {"envelope": env, "media_b64": media, "media_uri": kw.get("uri"),
-                                       "media_type": None, "text": None})
+    return Incoming(
+        "uploads",
+        b"c1",
+        {"envelope": env, "media_b64": media, "media_uri": kw.get("uri"), "media_type": None, "text": None},
+    )
 
 
 def report() -> Incoming:
     env = envelope("p", content_id="c1", user_id="owner")
-    return Incoming("reports", b"c1", {"envelope": env, "reporter_id": "r1", "reason": "terrorism", "text": None})
+    return Incoming(
+        "reports", b"c1", {"envelope": env, "reporter_id": "r1", "reason": "terrorism", "text": None}
+    )
 
 
 def bank() -> BankTable:
     table = BankTable()
-    table.load([{"bank": "b", "signal_type": "sha256", "hash": hashlib.sha256(MEDIA).hexdigest().upper(),
-                 "category": "terrorism", "severity": "critical", "source": "s", "added_at": 0}])
+    table.load(
+        [
+            {
+                "bank": "b",
+                "signal_type": "sha256",
+                "hash": hashlib.sha256(MEDIA).hexdigest().upper(),
+                "category": "terrorism",
+                "severity": "critical",
+                "source": "s",
+                "added_at": 0,
+            }
+        ]
+    )
     return table
 
 
@@ -52,7 +68,9 @@ def test_enrich_adds_account_and_exact_hashes() -> None:
     [record] = through(EnrichStage(FakeAccounts()), record=upload())
     assert record["account"]["identity_verified"] is True and record["account"]["strikes"] == 2
     assert {s["signal_type"]: s["value"] for s in record["signals"]} == {
-        "md5": hashlib.md5(MEDIA).hexdigest(), "sha256": hashlib.sha256(MEDIA).hexdigest()}
+        "md5": hashlib.md5(MEDIA).hexdigest(),
+        "sha256": hashlib.sha256(MEDIA).hexdigest(),
+    }
     assert record["kind"] == "upload" and record["stages"] == ["enrich"]
 
 
@@ -91,8 +109,18 @@ def test_bank_table_latest_wins_and_tombstones() -> None:
     h = hashlib.sha256(MEDIA).hexdigest()
     key = f"b/sha256/{h}"
     assert table.match_exact("sha256", h)[0]["severity"] == "critical"
-    table.apply(key, {"bank": "b", "signal_type": "sha256", "hash": h, "category": "terrorism",
-                      "severity": "low", "source": "s", "added_at": 1})
+    table.apply(
+        key,
+        {
+            "bank": "b",
+            "signal_type": "sha256",
+            "hash": h,
+            "category": "terrorism",
+            "severity": "low",
+            "source": "s",
+            "added_at": 1,
+        },
+    )
     assert [m["severity"] for m in table.match_exact("sha256", h)] == ["low"]
     table.apply(key, None)
     assert table.match_exact("sha256", h) == [] and len(table) == 0
