@@ -55,8 +55,9 @@ class Settings:
     guarantee: str = "at-least-once"  # or "exactly-once"
     instance_id: str = field(default_factory=socket.gethostname)
     batch_size: int = 500
-    batch_timeout_s: float = 0.05
+    batch_timeout_s: float = 0.1  # longest wait for the first record of a batch
     session_timeout_ms: int = 45000
+    fetch_wait_max_ms: int = 500
     metrics_port: int = 0  # 0: no metrics server
     state_dir: Path = field(default_factory=default_state_dir)
     kafka_extra: dict[str, str] = field(default_factory=dict)
@@ -83,6 +84,7 @@ class Settings:
             batch_size=int(get("BATCH_SIZE", str(base.batch_size))),
             batch_timeout_s=float(get("BATCH_TIMEOUT_S", str(base.batch_timeout_s))),
             session_timeout_ms=int(get("SESSION_TIMEOUT_MS", str(base.session_timeout_ms))),
+            fetch_wait_max_ms=int(get("FETCH_WAIT_MAX_MS", str(base.fetch_wait_max_ms))),
             metrics_port=int(get("METRICS_PORT", "0")),
             state_dir=Path(get("STATE_DIR", str(base.state_dir))),
             kafka_extra={str(k): str(v) for k, v in extra.items()},
@@ -140,6 +142,7 @@ class Settings:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "session.timeout.ms": self.session_timeout_ms,
+            "fetch.wait.max.ms": self.fetch_wait_max_ms,
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
         }

@@ -75,7 +75,7 @@ def redis_url(workdir: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(bootstrap: str, redis_url: str, workdir: Path) -> Settings:
+def settings(bootstrap: str, redis_url: str, workdir: Path, broker_kind: str) -> Settings:
     """Settings for one test: its own topic prefix (so tests never see each other's
     records), topics created, a short session timeout for fast group joins."""
     from pipeline.runtime.topics import create_topics
@@ -85,7 +85,8 @@ def settings(bootstrap: str, redis_url: str, workdir: Path) -> Settings:
         redis_url=redis_url,
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         partitions=3,
-        session_timeout_ms=6000,
+        session_timeout_ms=services.EMBEDDED_SESSION_TIMEOUT_MS,
+        fetch_wait_max_ms=services.EMBEDDED_FETCH_WAIT_MAX_MS if broker_kind == "embedded" else 500,
         batch_timeout_s=0.05,
         instance_id="test",
         state_dir=workdir / "state",
@@ -103,6 +104,7 @@ def settings_env(s: Settings) -> dict[str, str]:
         "MODSTREAM_TOPIC_PREFIX": s.topic_prefix,
         "MODSTREAM_PARTITIONS": str(s.partitions),
         "MODSTREAM_SESSION_TIMEOUT_MS": str(s.session_timeout_ms),
+        "MODSTREAM_FETCH_WAIT_MAX_MS": str(s.fetch_wait_max_ms),
         "MODSTREAM_INSTANCE_ID": s.instance_id,
         "MODSTREAM_GUARANTEE": s.guarantee,
         "MODSTREAM_STATE_DIR": str(s.state_dir),

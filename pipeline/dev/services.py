@@ -23,7 +23,10 @@ from pipeline.config import Settings
 logger = logging.getLogger(__name__)
 
 
+# Tansu holds a group join for half the session timeout, and holds a fetch for its whole
+# wait time even when records arrive meanwhile: both are kept short on the embedded broker.
 EMBEDDED_SESSION_TIMEOUT_MS = 6000
+EMBEDDED_FETCH_WAIT_MAX_MS = 10
 
 
 @dataclass
@@ -180,6 +183,6 @@ def resolve(settings: Settings) -> Settings:
     return settings.with_(
         bootstrap_servers=settings.bootstrap_servers or state.bootstrap_servers,
         redis_url=settings.redis_url or state.redis_url,
-        # Tansu holds a group join for half the session timeout: keep it short.
         session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS if embedded else settings.session_timeout_ms,
+        fetch_wait_max_ms=EMBEDDED_FETCH_WAIT_MAX_MS if embedded else settings.fetch_wait_max_ms,
     )

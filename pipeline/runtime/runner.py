@@ -2,8 +2,9 @@
 
 For each batch the runner does, in order:
 
-1. Consume up to `batch_size` messages from the input topics (waiting at most
-   `batch_timeout_s` for the first).
+1. Wait up to `batch_timeout_s` for a first message, then take whatever else is
+   already fetched, up to `batch_size`, without waiting: batches grow with load
+   and a lone event is not held back to fill one.
 2. Decode each by its topic's schema. A message that does not decode becomes
    a dead letter (`mod.dlq`) carrying its raw bytes, the reason and its origin.
 3. Hand the decoded records to the stages that read their topic. When stages
@@ -183,7 +184,11 @@ class Runner:
     def run_once(self) -> int:
         """Consume, process and commit one batch; returns the number of messages."""
         assert self._consumer is not None and self._producer is not None
-        messages = self._consumer.consume(self.settings.batch_size, self.settings.batch_timeout_s)
+        first = self._consumer.poll(self.settings.batch_timeout_s)
+        if first is None:
+            self._producer.poll(0)
+            return 0
+        messages = [first, *self._consumer.consume(self.settings.batch_size - 1, 0)]
         messages = [m for m in messages if not self._is_error(m)]
         if not messages:
             self._producer.poll(0)

@@ -1,0 +1,80 @@
+"""Baselines for bench/pipeline.py: the same pass-through (read a record, write it to another
+topic) as a plain confluent-kafka loop and as a faust-streaming agent.
+
+    python bench/passthrough.py confluent|faust BOOTSTRAP IN_TOPIC OUT_TOPIC
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+# The same consumer fetch wait as the pipeline under test (see bench/pipeline.py).
+FETCH_WAIT_MS = int(os.environ.get("MODSTREAM_FETCH_WAIT_MAX_MS", "500"))
+
+
+def confluent_loop(bootstrap: str, source: str, sink: str) -> None:
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-plain-{source}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "session.timeout.ms": 6000, "fetch.wait.max.ms": FETCH_WAIT_MS})
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                         "linger.ms": 5, "compression.type": "lz4"})
+    running = True
+
+    def stop(*_: object) -> None:
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    consumer.subscribe([source])
+    while running:
+        first = consumer.poll(0.1)  # the same batching as the runner: wait for one, take what is there
+        if first is None:
+            continue
+        messages = [m for m in [first, *consumer.consume(499, 0)] if not m.error()]
+        for m in messages:
+            while True:
+                try:
+                    producer.produce(sink, value=m.value(), key=m.key())
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        producer.flush()
+        consumer.commit(asynchronous=True)
+    consumer.close()
+
+
+def faust_agent(bootstrap: str, source: str, sink: str) -> None:
+    import aiokafka
+    import faust
+
+    class Consumer(aiokafka.AIOKafkaConsumer):  # type: ignore[misc]
+        """faust hard-codes fetch_max_wait_ms=1500; give it the same wait as the others."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            kwargs["fetch_max_wait_ms"] = FETCH_WAIT_MS
+            super().__init__(*args, **kwargs)
+
+    aiokafka.AIOKafkaConsumer = Consumer
+
+    app = faust.App(f"bench-faust-{source}", broker=f"kafka://{bootstrap}", value_serializer="raw",
+                    key_serializer="raw", topic_disable_leader=True, web_enabled=False,
+                    broker_session_timeout=6.0, consumer_auto_offset_reset="earliest")
+    source_topic = app.topic(source, value_serializer="raw", key_serializer="raw")
+    sink_topic = app.topic(sink, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(source_topic)
+    async def passthrough(stream):  # type: ignore[no-untyped-def]
+        async for key, value in stream.items():
+            await sink_topic.send(key=key, value=value)
+
+    sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
+    app.main()
+
+
+if __name__ == "__main__":
+    kind, bootstrap, source, sink = sys.argv[1:5]
+    {"confluent": confluent_loop, "faust": faust_agent}[kind](bootstrap, source, sink)
