@@ -16,6 +16,7 @@ Contract for `process`:
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -73,7 +74,7 @@ def new_id() -> str:
 
 def stable_id(*parts: str) -> str:
     """An id derived from its parts, so that reprocessing an event yields the same id."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, "modstream:" + ":".join(parts)).hex
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 
 
 def subject_key(envelope: Record) -> str:

@@ -31,6 +31,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,7 @@ class Runner:
         for topic in self.input_topics:
             settings.topic(topic)  # raises on an unknown topic
         self._before_commit = before_commit
+        self._topics = {short: settings.topic(short) for short in TOPICS}
         self._stop = threading.Event()
         self.heartbeat = metrics.Heartbeat()
         self.assigned: set[tuple[str, int]] = set()
@@ -254,15 +256,18 @@ class Runner:
     def _produce(self, outputs: list[_Encoded]) -> None:
         assert self._producer is not None
         self._delivery_errors.clear()
+        produce = self._producer.produce
+        counts: Counter[str] = Counter()
         for out in outputs:
-            topic = self.settings.topic(out.topic)
             while True:
                 try:
-                    self._producer.produce(topic, value=out.value, key=out.key, on_delivery=self._on_delivery)
+                    produce(self._topics[out.topic], value=out.value, key=out.key, on_delivery=self._on_delivery)
                     break
                 except BufferError:  # local queue full: serve delivery reports, then retry
                     self._producer.poll(0.1)
-            metrics.RECORDS_OUT.labels(self.name, out.topic).inc()
+            counts[out.topic] += 1
+        for topic, n in counts.items():
+            metrics.RECORDS_OUT.labels(self.name, topic).inc(n)
         self._pending_latency = outputs
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -282,9 +287,12 @@ class Runner:
 
     def _record_latency(self, outputs: Iterable[_Encoded]) -> None:
         now = now_ms()
+        histograms: dict[str, Any] = {}
         for out in outputs:
             if out.occurred_at:
-                metrics.E2E_SECONDS.labels(self.name, out.topic).observe((now - out.occurred_at) / 1000)
+                if out.topic not in histograms:
+                    histograms[out.topic] = metrics.E2E_SECONDS.labels(self.name, out.topic)
+                histograms[out.topic].observe((now - out.occurred_at) / 1000)
 
     @staticmethod
     def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
@@ -309,10 +317,11 @@ class Runner:
         out: list[_Encoded] = []
         batch: list[Incoming] = []
         raw: _RawIndex = {}
+        counts: Counter[str] = Counter()
         for m in messages:
             full_topic, partition, offset = _where(m)
             topic = self.settings.short_name(full_topic)
-            metrics.RECORDS_IN.labels(self.name, topic).inc()
+            counts[topic] += 1
             try:
                 value = self.codec.decode(TOPICS[topic], m.value())
             except DecodeError as exc:
@@ -320,6 +329,8 @@ class Runner:
                 continue
             raw[(topic, partition, offset)] = (m.key(), m.value())
             batch.append(Incoming(topic, m.key(), value, partition, offset, m.value()))
+        for topic, n in counts.items():
+            metrics.RECORDS_IN.labels(self.name, topic).inc(n)
         out.extend(self._run_chain(batch, raw))
         return out
 
