@@ -180,3 +180,30 @@ def test_account_context_is_read_from_redis(settings: Settings, banks) -> None: 
         enriched = collect(settings, "enriched", lambda rs: eid in event_ids(rs))
     account = enriched[-1]["account"]
     assert account == {"user_id": user, "identity_verified": True, "strikes": 1, "live_suspended": False}
+
+
+def test_metrics_and_health_endpoints(settings: Settings, banks) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import urllib.request
+
+    from pipeline.dev.services import free_port
+
+    table, follower = banks
+    follower.wait_caught_up()
+    port = free_port()
+    settings = settings.with_(metrics_port=port)
+    producer = ModerationProducer(settings)
+    with running(settings, pipeline_stages(settings, table)):
+        eid = producer.send_upload("c-m", "u1", media=CLEAN)
+        producer.flush()
+        collect(settings, "decisions", lambda ds: eid in event_ids(ds))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            health = json.loads(r.read())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    assert health["healthy"] is True and health["stage"] == "enrich+match+decide"
+    assert health["assigned"]
+    assert 'modstream_records_in_total{stage="enrich+match+decide",topic="uploads"}' in text
+    assert 'modstream_records_out_total{stage="enrich+match+decide",topic="decisions"}' in text
+    assert "modstream_end_to_end_seconds_bucket" in text
+    assert "modstream_batch_seconds_count" in text
