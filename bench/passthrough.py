@@ -17,11 +17,25 @@ FETCH_WAIT_MS = int(os.environ.get("MODSTREAM_FETCH_WAIT_MAX_MS", "500"))
 def confluent_loop(bootstrap: str, source: str, sink: str) -> None:
     from confluent_kafka import Consumer, Producer
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-plain-{source}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "session.timeout.ms": 6000, "fetch.wait.max.ms": FETCH_WAIT_MS})
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-                         "linger.ms": 5, "compression.type": "lz4"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-plain-{source}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "fetch.wait.max.ms": FETCH_WAIT_MS,
+        }
+    )
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+        }
+    )
     running = True
 
     def stop(*_: object) -> None:
@@ -60,9 +74,16 @@ def faust_agent(bootstrap: str, source: str, sink: str) -> None:
 
     aiokafka.AIOKafkaConsumer = Consumer
 
-    app = faust.App(f"bench-faust-{source}", broker=f"kafka://{bootstrap}", value_serializer="raw",
-                    key_serializer="raw", topic_disable_leader=True, web_enabled=False,
-                    broker_session_timeout=6.0, consumer_auto_offset_reset="earliest")
+    app = faust.App(
+        f"bench-faust-{source}",
+        broker=f"kafka://{bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_disable_leader=True,
+        web_enabled=False,
+        broker_session_timeout=6.0,
+        consumer_auto_offset_reset="earliest",
+    )
     source_topic = app.topic(source, value_serializer="raw", key_serializer="raw")
     sink_topic = app.topic(sink, value_serializer="raw", key_serializer="raw")
 

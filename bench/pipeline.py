@@ -96,21 +96,42 @@ def send_uploads(producer: ModerationProducer, n: int, rate: float = 0) -> None:
     producer.flush()
 
 
-def measure(name: str, settings: Settings, command: list[str], out_topic: str, out_type: str,
-            events: int, rate: float, seconds: float, log: Path) -> dict[str, float]:
+def measure(
+    name: str,
+    settings: Settings,
+    command: list[str],
+    out_topic: str,
+    out_type: str,
+    events: int,
+    rate: float,
+    seconds: float,
+    log: Path,
+) -> dict[str, float]:
     create_topics(settings)
     producer = ModerationProducer(settings)
-    entry = {"bank": "bench", "signal_type": "sha256", "hash": hashlib.sha256(BANNED).hexdigest(),
-             "category": "terrorism", "severity": "high", "source": "bench", "added_at": now_ms()}
+    entry = {
+        "bank": "bench",
+        "signal_type": "sha256",
+        "hash": hashlib.sha256(BANNED).hexdigest(),
+        "category": "terrorism",
+        "severity": "high",
+        "source": "bench",
+        "added_at": now_ms(),
+    }
     producer.send("banks", entry, key=record_key("banks", entry))
     send_uploads(producer, events)
     reader = OutputReader(settings, out_topic, out_type)
     reader.measure_from = now_ms() + 10**12  # backlog phase: no latency samples
     reader.start()
-    env = {**os.environ, "MODSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "MODSTREAM_REDIS_URL": settings.redis_url, "MODSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-           "MODSTREAM_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
-           "MODSTREAM_FETCH_WAIT_MAX_MS": str(settings.fetch_wait_max_ms), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "MODSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "MODSTREAM_REDIS_URL": settings.redis_url,
+        "MODSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "MODSTREAM_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+        "MODSTREAM_FETCH_WAIT_MAX_MS": str(settings.fetch_wait_max_ms),
+        "PYTHONPATH": str(ROOT),
+    }
     proc = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     try:
         if not reader.wait_for(events, 300):
@@ -125,12 +146,18 @@ def measure(name: str, settings: Settings, command: list[str], out_topic: str, o
         proc.wait(30)
         reader.stop()
     lat = sorted(reader.latencies_ms)
-    return {"events_per_s": throughput, "p50_ms": statistics.median(lat) if lat else float("nan"),
-            "p99_ms": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"), "latency_samples": len(lat)}
+    return {
+        "events_per_s": throughput,
+        "p50_ms": statistics.median(lat) if lat else float("nan"),
+        "p99_ms": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"),
+        "latency_samples": len(lat),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--rate", type=float, default=500.0, help="events/s in the latency phase")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of the latency phase")
@@ -142,34 +169,61 @@ def main() -> None:
     redis, redis_url = start_redis(work / "redis")
     py = sys.executable
     systems = [
-        ("modstream enrich>match>decide", "decisions", "Decision",
-         [py, "-m", "pipeline", "--log-level", "WARNING", "run", "enrich", "match", "decide"]),
-        ("plain confluent-kafka loop", "matched", "UploadEvent",
-         [py, str(ROOT / "bench" / "passthrough.py"), "confluent"]),
-        ("faust-streaming agent", "classified", "UploadEvent",
-         [py, str(ROOT / "bench" / "passthrough.py"), "faust"]),
+        (
+            "modstream enrich>match>decide",
+            "decisions",
+            "Decision",
+            [py, "-m", "pipeline", "--log-level", "WARNING", "run", "enrich", "match", "decide"],
+        ),
+        (
+            "plain confluent-kafka loop",
+            "matched",
+            "UploadEvent",
+            [py, str(ROOT / "bench" / "passthrough.py"), "confluent"],
+        ),
+        (
+            "faust-streaming agent",
+            "classified",
+            "UploadEvent",
+            [py, str(ROOT / "bench" / "passthrough.py"), "faust"],
+        ),
     ]
     if args.only:
         systems = [s for s in systems if args.only in s[0]]
     results = {}
     try:
         for name, out_short, out_type, command in systems:
-            settings = Settings(bootstrap_servers=bootstrap, redis_url=redis_url,
-                                topic_prefix=f"b{uuid.uuid4().hex[:8]}.", partitions=3,
-                                session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
-                                fetch_wait_max_ms=EMBEDDED_FETCH_WAIT_MAX_MS)
+            settings = Settings(
+                bootstrap_servers=bootstrap,
+                redis_url=redis_url,
+                topic_prefix=f"b{uuid.uuid4().hex[:8]}.",
+                partitions=3,
+                session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
+                fetch_wait_max_ms=EMBEDDED_FETCH_WAIT_MAX_MS,
+            )
             if "pipeline" not in command:  # baselines: bootstrap, input and output topics as arguments
                 command = [*command, bootstrap, settings.topic("uploads"), settings.topic(out_short)]
             print(f"running {name} ...", flush=True)
-            results[name] = measure(name, settings, command, settings.topic(out_short), out_type,
-                                    args.events, args.rate, args.seconds, work / f"{out_short}.log")
+            results[name] = measure(
+                name,
+                settings,
+                command,
+                settings.topic(out_short),
+                out_type,
+                args.events,
+                args.rate,
+                args.seconds,
+                work / f"{out_short}.log",
+            )
             print(f"  {results[name]}", flush=True)
     finally:
         broker.terminate()
         redis.terminate()
 
-    print(f"\n{args.events} events backlog; latency at {args.rate:.0f} events/s for {args.seconds:.0f} s; "
-          f"embedded Tansu broker; {os.cpu_count()} cores\n")
+    print(
+        f"\n{args.events} events backlog; latency at {args.rate:.0f} events/s for {args.seconds:.0f} s; "
+        f"embedded Tansu broker; {os.cpu_count()} cores\n"
+    )
     print(f"{'system':32} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for name, r in results.items():
         print(f"{name:32} {r['events_per_s']:>10.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")

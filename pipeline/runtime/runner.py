@@ -261,7 +261,9 @@ class Runner:
         for out in outputs:
             while True:
                 try:
-                    produce(self._topics[out.topic], value=out.value, key=out.key, on_delivery=self._on_delivery)
+                    produce(
+                        self._topics[out.topic], value=out.value, key=out.key, on_delivery=self._on_delivery
+                    )
                     break
                 except BufferError:  # local queue full: serve delivery reports, then retry
                     self._producer.poll(0.1)
