@@ -173,6 +173,88 @@ def tail(
         click.echo(json.dumps({"key": key, "value": value} if with_key else value, sort_keys=False))
 
 
+# ---- banks ----------------------------------------------------------------------
+@main.group()
+def bank() -> None:
+    """Hash banks: import, add media, list, export, delete."""
+
+
+@bank.command("import")
+@click.argument("source", type=click.File("r"))
+@click.option("--bank", "bank_name", default="imported", show_default=True, help="Bank for rows without one.")
+@click.option("--source-name", default="import", show_default=True, help="Recorded as each entry's source.")
+@click.pass_context
+def bank_import(ctx: click.Context, source: IO[str], bank_name: str, source_name: str) -> None:
+    """Import SOURCE, a CSV of signal_type,hash,category,severity[,bank]."""
+    from pipeline.banks import admin
+
+    try:
+        entries = admin.parse_csv(source, bank_name, source_name)
+    except admin.BankInputError as exc:
+        raise click.ClickException(f"nothing imported: {exc}") from exc
+    click.echo(f"imported {admin.publish(settings_of(ctx), entries)} entries")
+
+
+@bank.command("add-media")
+@click.argument("files", type=click.Path(exists=True, dir_okay=False), nargs=-1, required=True)
+@click.option("--bank", "bank_name", required=True)
+@click.option("--category", required=True)
+@click.option("--severity", default="high", show_default=True)
+@click.pass_context
+def bank_add_media(
+    ctx: click.Context, files: tuple[str, ...], bank_name: str, category: str, severity: str
+) -> None:
+    """Hash media FILES (images, videos) and bank their hashes."""
+    from pathlib import Path
+
+    from pipeline.banks import admin
+    from pipeline.signals.media import MediaError
+
+    entries = []
+    for name in files:
+        try:
+            entries += admin.media_entries(
+                Path(name).read_bytes(), bank_name, category, severity, "add-media", Path(name).name
+            )
+        except (MediaError, admin.BankInputError) as exc:
+            raise click.ClickException(f"{name}: {exc}") from exc
+    click.echo(f"banked {admin.publish(settings_of(ctx), entries)} hashes from {len(files)} files")
+
+
+@bank.command("list")
+@click.pass_context
+def bank_list(ctx: click.Context) -> None:
+    """Entries per bank and signal type."""
+    from pipeline.banks import admin
+
+    for (name, kind), n in sorted(admin.counts(settings_of(ctx)).items()):
+        click.echo(f"{name}\t{kind}\t{n}")
+
+
+@bank.command("export")
+@click.option("--bank", "bank_name", default=None, help="Only this bank.")
+@click.pass_context
+def bank_export(ctx: click.Context, bank_name: str | None) -> None:
+    """Print the banks as CSV (the import format)."""
+    from pipeline.banks import admin
+
+    admin.export_csv(admin.current(settings_of(ctx), bank_name), sys.stdout)
+
+
+@bank.command("delete")
+@click.argument("bank_name")
+@click.option("--signal-type", default=None)
+@click.option("--hash", "value", default=None)
+@click.pass_context
+def bank_delete(ctx: click.Context, bank_name: str, signal_type: str | None, value: str | None) -> None:
+    """Delete one entry (--signal-type and --hash) or a whole bank."""
+    from pipeline.banks import admin
+
+    if bool(signal_type) != bool(value):
+        raise click.ClickException("give both --signal-type and --hash, or neither to delete the whole bank")
+    click.echo(f"deleted {admin.delete(settings_of(ctx), bank_name, signal_type, value)} entries")
+
+
 # ---- demo ---------------------------------------------------------------------
 @main.command()
 @click.pass_context

@@ -33,6 +33,17 @@ TOPICS: dict[str, str] = {
 COMPACTED = frozenset({"banks", "incidents"})
 
 
+def _pairs(text: str) -> dict[str, int]:
+    """ "bank=20,other=40" -> {"bank": 20, "other": 40}."""
+    pairs = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"expected name=number, got {item!r}")
+        pairs[name.strip()] = int(value)
+    return pairs
+
+
 def default_state_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "modstream"
 
@@ -59,6 +70,19 @@ class Settings:
     session_timeout_ms: int = 45000
     fetch_wait_max_ms: int = 500
     metrics_port: int = 0  # 0: no metrics server
+    # media fetching and hashing (enrich)
+    media_root: str = ""  # file:// media_uri must lie under it; empty: file:// refused
+    media_allowed_hosts: tuple[str, ...] = ()  # http(s):// media_uri hosts allowed
+    media_max_bytes: int = 64 * 1024 * 1024
+    media_max_pixels: int = 50_000_000
+    media_timeout_s: float = 10.0
+    # matching (match)
+    pdq_threshold: int = 31
+    pdq_bank_thresholds: dict[str, int] = field(default_factory=dict)
+    pdq_min_quality: int = 50
+    video_query_match_pct: float = 80.0
+    video_index_match_pct: float = 0.0
+    removed_bank: str = "removed"  # where decide banks the hashes of removed items
     state_dir: Path = field(default_factory=default_state_dir)
     kafka_extra: dict[str, str] = field(default_factory=dict)
 
@@ -86,6 +110,17 @@ class Settings:
             session_timeout_ms=int(get("SESSION_TIMEOUT_MS", str(base.session_timeout_ms))),
             fetch_wait_max_ms=int(get("FETCH_WAIT_MAX_MS", str(base.fetch_wait_max_ms))),
             metrics_port=int(get("METRICS_PORT", "0")),
+            media_root=get("MEDIA_ROOT"),
+            media_allowed_hosts=tuple(h.strip() for h in get("MEDIA_ALLOWED_HOSTS").split(",") if h.strip()),
+            media_max_bytes=int(get("MEDIA_MAX_BYTES", str(base.media_max_bytes))),
+            media_max_pixels=int(get("MEDIA_MAX_PIXELS", str(base.media_max_pixels))),
+            media_timeout_s=float(get("MEDIA_TIMEOUT_S", str(base.media_timeout_s))),
+            pdq_threshold=int(get("PDQ_THRESHOLD", str(base.pdq_threshold))),
+            pdq_bank_thresholds=_pairs(get("PDQ_BANK_THRESHOLDS")),
+            pdq_min_quality=int(get("PDQ_MIN_QUALITY", str(base.pdq_min_quality))),
+            video_query_match_pct=float(get("VIDEO_QUERY_MATCH_PCT", str(base.video_query_match_pct))),
+            video_index_match_pct=float(get("VIDEO_INDEX_MATCH_PCT", str(base.video_index_match_pct))),
+            removed_bank=get("REMOVED_BANK", base.removed_bank),
             state_dir=Path(get("STATE_DIR", str(base.state_dir))),
             kafka_extra={str(k): str(v) for k, v in extra.items()},
         )

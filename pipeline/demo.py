@@ -1,8 +1,10 @@
 """`modstream demo`: the whole pipeline on the embedded defaults, start to finish.
 
-Creates the topics, banks the SHA-256 of one "known terrorist video", starts
-enrich, match and decide fused plus the logging enforcer, sends a few uploads
-(one of them the banned file) and a report, prints each decision and exits.
+Creates the topics, banks the SHA-256 of one "known terrorist image" (an exact-hash
+list, as partners share them), starts enrich, match and decide fused plus the logging
+enforcer, and sends uploads and a report. The banned image is removed; its PDQ hash
+enters the `removed` bank; then a mirrored, resized re-upload (a different file,
+so a different SHA-256) is removed too, by perceptual match. Prints each decision.
 """
 
 from __future__ import annotations
@@ -12,20 +14,23 @@ import threading
 import time
 from collections.abc import Callable
 
+from PIL import ImageOps
+
 from pipeline.config import Settings
+from pipeline.dev.samples import encode, photo
 from pipeline.records import new_id, now_ms, record_key
 from pipeline.runtime.app import App, run_all
 from pipeline.runtime.reader import read_topic
 from pipeline.runtime.topics import create_topics
 from pipeline.sdk import ModerationProducer
 
-BANNED = b"\x00\x00\x00\x18ftypmp42 demo: a video a hash bank knows" * 64
-
 
 def run_demo(settings: Settings, echo: Callable[[str], None] = print, timeout_s: float = 90.0) -> bool:
     create_topics(settings)
     run_id = new_id()[:8]
-    banned_hash = hashlib.sha256(BANNED).hexdigest()
+    banned_image = photo(7)
+    banned = encode(banned_image, quality=90)
+    banned_hash = hashlib.sha256(banned).hexdigest()
     with ModerationProducer(settings) as producer:
         entry = {
             "bank": "demo",
@@ -35,6 +40,7 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print, timeout_s:
             "severity": "critical",
             "source": "demo",
             "added_at": now_ms(),
+            "item_id": None,
         }
         producer.send("banks", entry, key=record_key("banks", entry))
     echo(f"banked sha256 {banned_hash[:16]}… (terrorism, critical)")
@@ -43,21 +49,28 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print, timeout_s:
     runners = app.runners(["all"])
     worker = threading.Thread(target=run_all, args=(runners,), daemon=True)
     worker.start()
+    seen: set[str] = set()
+    sent: dict[str, str] = {}
     try:
         with ModerationProducer(settings) as producer:
-            sent = {
-                producer.send_upload(
-                    f"{run_id}-cat", "alice", media=b"a cat photo" * 100, text="my cat"
-                ): "clean upload",
-                producer.send_upload(
-                    f"{run_id}-video", "mallory", media=BANNED, text="watch this"
-                ): "banned file",
-                producer.send_upload(f"{run_id}-reupload", "mallory2", media=BANNED): "banned file again",
-                producer.send_upload(f"{run_id}-text", "bob", text="lovely weather today"): "text only",
-                producer.send_report(f"{run_id}-cat", "carol", "hate", text="offensive?"): "user report",
-            }
+            sent[
+                producer.send_upload(f"{run_id}-holiday", "alice", media=encode(photo(1)), text="my holiday")
+            ] = "clean photo"
+            sent[producer.send_upload(f"{run_id}-banned", "mallory", media=banned, text="watch this")] = (
+                "banned image"
+            )
+            sent[producer.send_upload(f"{run_id}-text", "bob", text="lovely weather today")] = "text only"
+            sent[producer.send_report(f"{run_id}-holiday", "carol", "hate", text="offensive?")] = (
+                "user report"
+            )
         echo(f"sent {len(sent)} events; waiting for decisions")
-        seen = _print_decisions(settings, sent, echo, timeout_s)
+        seen |= _print_decisions(settings, sent, echo, timeout_s)
+        copy = encode(ImageOps.mirror(banned_image).resize((480, 360)), quality=60)
+        echo("re-uploading the removed image mirrored, resized and re-encoded (a new SHA-256)")
+        time.sleep(1.0)  # the match stage applies the `removed` bank entries within a second
+        with ModerationProducer(settings) as producer:
+            sent[producer.send_upload(f"{run_id}-reupload", "mallory2", media=copy)] = "transformed copy"
+        seen |= _print_decisions(settings, sent, echo, timeout_s, skip=seen)
     finally:
         for r in runners:
             r.stop()
@@ -69,21 +82,24 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print, timeout_s:
 
 
 def _print_decisions(
-    settings: Settings, sent: dict[str, str], echo: Callable[[str], None], timeout_s: float
+    settings: Settings,
+    sent: dict[str, str],
+    echo: Callable[[str], None],
+    timeout_s: float,
+    skip: frozenset[str] | set[str] = frozenset(),
 ) -> set[str]:
+    wanted = set(sent) - skip
     seen: set[str] = set()
     deadline = time.monotonic() + timeout_s
     for _, d in read_topic(settings, "decisions", from_beginning=True, idle_timeout_s=timeout_s):
         if time.monotonic() > deadline:
             break
-        if d is None or d.get("envelope", {}).get("event_id") not in sent:
-            continue
-        event_id = d["envelope"]["event_id"]
-        if event_id in seen:
+        event_id = (d or {}).get("envelope", {}).get("event_id")
+        if d is None or event_id not in wanted or event_id in seen:
             continue
         seen.add(event_id)
         subject, what = d["envelope"]["content_id"], sent[event_id]
-        echo(f"{d['action'].upper():8} {subject:22} {what:18} rule={d['rule_id']}: {d['explanation']}")
-        if seen == set(sent):
+        echo(f"{d['action'].upper():7} {subject:18} {what:17} rule={d['rule_id']}: {d['explanation']}")
+        if seen == wanted:
             break
     return seen

@@ -9,16 +9,19 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.banks.follower import BankFollower
-from pipeline.banks.table import BankTable
+from pipeline.banks.table import BankTable, MatchConfig
 from pipeline.config import Settings
 from pipeline.enforce.consumer import EnforceStage
 from pipeline.enforce.logging_enforcer import handlers as logging_handlers
 from pipeline.records import Stage
 from pipeline.runtime.runner import Runner
 from pipeline.serde import Codec
+from pipeline.signals.fetch import MediaFetcher
+from pipeline.signals.media import MediaLimits
 from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import EnrichStage
 from pipeline.stages.match import MatchStage
@@ -58,9 +61,31 @@ class App:
             self._redis = connect_redis(self.settings.redis_url)
         return self._redis
 
+    def fetcher(self) -> MediaFetcher:
+        s = self.settings
+        root = Path(s.media_root) if s.media_root else None
+        return MediaFetcher(root, s.media_allowed_hosts, s.media_max_bytes, s.media_timeout_s)
+
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(
+            max_bytes=self.settings.media_max_bytes,
+            max_pixels=self.settings.media_max_pixels,
+            min_frame_quality=self.settings.pdq_min_quality,
+        )
+
+    def match_config(self) -> MatchConfig:
+        s = self.settings
+        return MatchConfig(
+            pdq_threshold=s.pdq_threshold,
+            bank_thresholds=s.pdq_bank_thresholds,
+            min_quality=s.pdq_min_quality,
+            video_query_pct=s.video_query_match_pct,
+            video_index_pct=s.video_index_match_pct,
+        )
+
     def banks(self) -> BankTable:
         if self._banks is None:
-            self._banks = BankTable()
+            self._banks = BankTable(self.match_config())
             self._follower = BankFollower(self.settings, self.codec, self._banks)
             self._follower.start()
             self._follower.wait_caught_up()
@@ -68,9 +93,9 @@ class App:
 
     def build(self, name: str) -> Stage:
         builders: dict[str, Callable[[], Stage]] = {
-            "enrich": lambda: EnrichStage(RedisAccountStore(self.redis)),
+            "enrich": lambda: EnrichStage(RedisAccountStore(self.redis), self.fetcher(), self.media_limits()),
             "match": lambda: MatchStage(self.banks()),
-            "decide": lambda: DecideStage(),
+            "decide": lambda: DecideStage(removed_bank=self.settings.removed_bank),
             "enforce-log": lambda: EnforceStage("log", logging_handlers(), self.settings.topic_prefix),
         }
         if name not in builders:

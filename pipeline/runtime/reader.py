@@ -64,3 +64,40 @@ def _value(codec: Codec, record_type: str, raw: bytes | None, as_json: bool) -> 
     except DecodeError as exc:
         return {"_undecodable": str(exc)}
     return to_json(codec.schemas, record_type, value) if as_json else value
+
+
+def read_table(
+    settings: Settings, topic: str, codec: Codec | None = None, timeout_s: float = 30.0
+) -> dict[str, Record]:
+    """The latest value per key of a (compacted) topic as it stands now, tombstones applied:
+    reads every partition up to its current end."""
+    codec = codec or Codec(registry_url=settings.schema_registry_url)
+    name = settings.topic(topic)
+    consumer = Consumer(settings.consumer_config(None))
+    table: dict[str, Record] = {}
+    try:
+        partitions = list(consumer.list_topics(name, timeout=timeout_s).topics[name].partitions)
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)[1]
+            for p in partitions
+        }
+        pending = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in pending])
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.2):
+                if msg.error() or msg.key() is None:
+                    continue
+                key = msg.key().decode()  # type: ignore[union-attr]
+                value = _value(codec, TOPICS[topic], msg.value(), as_json=False)
+                if value is None:
+                    table.pop(key, None)
+                elif "_undecodable" not in value:
+                    table[key] = value
+                if int(msg.offset() or 0) + 1 >= ends[int(msg.partition() or 0)]:
+                    pending.discard(int(msg.partition() or 0))
+        if pending:
+            raise TimeoutError(f"{name} not read to its end within {timeout_s} s")
+    finally:
+        consumer.close()
+    return table

@@ -4,14 +4,20 @@ Built-in rules, first match wins:
 1. `bank-match`: any bank match removes the item (ends a live stream).
 2. `report-needs-review`: a report with no matching signal goes to human
    review, with a deadline 24 hours after the report.
-3. `default-allow`: anything else is allowed.
+3. `unhashable-media`: media that could not be fetched or hashed goes to review:
+   what cannot be checked is not waved through.
+4. `default-allow`: anything else is allowed.
+
+Permanent removal: when an item is removed, its hashes (exact, PDQ, video
+frames) are banked in the `removed` bank, so a re-upload, even a transformed
+copy, is matched at upload time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipeline.records import Incoming, Output, Record, now_ms, stable_id, subject_key
+from pipeline.records import Incoming, Output, Record, now_ms, record_key, stable_id, subject_key
 
 POLICY_ID = "builtin"
 POLICY_VERSION = "1"
@@ -40,17 +46,55 @@ def decision(record: Record, action: str, rule_id: str, explanation: str, **extr
     }
 
 
+BANKABLE = frozenset({"md5", "sha256", "pdq", "video_pdq"})
+
+
+def removal_entries(record: Record, d: Record, bank: str) -> list[Output]:
+    """BankEntry outputs for the hashes of a removed item."""
+    item = subject_key(record["envelope"])
+    entries = []
+    for s in record["signals"]:
+        if s["signal_type"] not in BANKABLE:
+            continue
+        entry = {
+            "bank": bank,
+            "signal_type": s["signal_type"],
+            "hash": s["value"],
+            "category": d["category"] or "removed",
+            "severity": d["severity"] or "high",
+            "source": f"{record['envelope']['platform_id']}:decision:{d['decision_id']}",
+            "added_at": d["decided_at"],
+            "item_id": item if s["signal_type"] == "video_pdq" else None,
+        }
+        entries.append(Output("banks", record_key("banks", entry), entry))
+    return entries
+
+
 class DecideStage:
     name = "decide"
 
-    def __init__(self, inputs: tuple[str, ...] = ("matched",)) -> None:
+    def __init__(self, inputs: tuple[str, ...] = ("matched",), removed_bank: str = "removed") -> None:
         self.inputs = inputs
+        self.removed_bank = removed_bank
 
     def process(self, batch: Sequence[Incoming]) -> list[Output]:
         out: list[Output] = []
         for incoming in batch:
             out.extend(self.decide(incoming.value))
         return out
+
+    @staticmethod
+    def _review_task(record: Record, d: Record, priority: int, reason: str) -> Output:
+        task = {
+            "task_id": stable_id(d["decision_id"], "review"),
+            "envelope": record["envelope"],
+            "priority": priority,
+            "deadline": record["envelope"]["occurred_at"] + REPORT_DEADLINE_MS,
+            "reason": reason,
+            "decision_id": d["decision_id"],
+            "created_at": now_ms(),
+        }
+        return Output("review", subject_key(record["envelope"]), task)
 
     def decide(self, record: Record) -> list[Output]:
         key = subject_key(record["envelope"])
@@ -67,7 +111,7 @@ class DecideStage:
                 category=worst["category"],
                 severity=worst["severity"],
             )
-            return [Output("decisions", key, d)]
+            return [Output("decisions", key, d), *removal_entries(record, d, self.removed_bank)]
         if record["kind"] == "report":
             report = record["report"]
             d = decision(
@@ -77,16 +121,18 @@ class DecideStage:
                 f"reported for {report['reason']} with no matching signal: human review within 24 h",
                 category=report["reason"],
             )
-            deadline = record["envelope"]["occurred_at"] + REPORT_DEADLINE_MS
-            task = {
-                "task_id": stable_id(d["decision_id"], "review"),
-                "envelope": record["envelope"],
-                "priority": 1,
-                "deadline": deadline,
-                "reason": f"report: {report['reason']}",
-                "decision_id": d["decision_id"],
-                "created_at": now_ms(),
-            }
-            return [Output("decisions", key, d), Output("review", key, task)]
+            task = self._review_task(record, d, priority=1, reason=f"report: {report['reason']}")
+            return [Output("decisions", key, d), task]
+        if record["media_error"]:
+            d = decision(
+                record,
+                "review",
+                "unhashable-media",
+                f"media could not be checked ({record['media_error']}): human review",
+            )
+            return [
+                Output("decisions", key, d),
+                self._review_task(record, d, priority=0, reason="unhashable media"),
+            ]
         d = decision(record, "allow", "default-allow", "no bank match and no other signal")
         return [Output("decisions", key, d)]

@@ -1,4 +1,5 @@
-"""match: looks every signal of a record up in the hash banks and records the matches."""
+"""match: looks every signal of a record up in the hash banks and records the matches.
+Exact hashes by lookup; PDQ and video frames through the batched perceptual indexes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pipeline.records import Incoming, Output, Record, subject_key
 
 
 class BankLookup(Protocol):
-    def match_exact(self, signal_type: str, value: str) -> list[Record]: ...
+    def match_batch(self, signal_lists: list[list[Record]]) -> list[list[Record]]: ...
 
 
 class MatchStage:
@@ -20,13 +21,9 @@ class MatchStage:
         self.banks = banks
 
     def process(self, batch: Sequence[Incoming]) -> list[Output]:
+        all_matches = self.banks.match_batch([r.value["signals"] for r in batch])
         out = []
-        for incoming in batch:
-            record = dict(incoming.value)
-            matches = [
-                m for s in record["signals"] for m in self.banks.match_exact(s["signal_type"], s["value"])
-            ]
-            record["matches"] = matches
-            record["stages"] = [*record["stages"], "match"]
+        for incoming, matches in zip(batch, all_matches, strict=True):
+            record = {**incoming.value, "matches": matches, "stages": [*incoming.value["stages"], "match"]}
             out.append(Output("matched", subject_key(record["envelope"]), record))
         return out

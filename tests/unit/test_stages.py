@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable
 
 from pipeline.banks.table import BankTable
+from tests.media import encode, photo
 from pipeline.enforce.consumer import EnforceStage
 from pipeline.records import Incoming, Record, envelope
 from pipeline.stages.decide import DecideStage
@@ -13,7 +14,7 @@ from pipeline.stages.enrich import EnrichStage
 from pipeline.stages.match import MatchStage
 from pipeline.state.accounts import account_context
 
-MEDIA = b"some media bytes"
+MEDIA = encode(photo(1, (160, 120)))
 
 
 class FakeAccounts:
@@ -55,22 +56,24 @@ def bank() -> BankTable:
     return table
 
 
-def through(*stages: object, record: Incoming) -> list[Record]:
+def through(*stages: object, record: Incoming, topic: str | None = None) -> list[Record]:
+    """Runs the record through the stages (outputs of each feed the next); returns the last
+    stage's output values, only those for `topic` if given."""
     batch = [record]
     outputs = []
     for stage in stages:
         outputs = stage.process(batch)  # type: ignore[attr-defined]
         batch = [Incoming(o.topic, None, o.value) for o in outputs]
-    return [o.value for o in outputs]
+    return [o.value for o in outputs if topic is None or o.topic == topic]
 
 
-def test_enrich_adds_account_and_exact_hashes() -> None:
+def test_enrich_adds_account_and_hashes() -> None:
     [record] = through(EnrichStage(FakeAccounts()), record=upload())
     assert record["account"]["identity_verified"] is True and record["account"]["strikes"] == 2
-    assert {s["signal_type"]: s["value"] for s in record["signals"]} == {
-        "md5": hashlib.md5(MEDIA).hexdigest(),
-        "sha256": hashlib.sha256(MEDIA).hexdigest(),
-    }
+    by_type = {s["signal_type"]: s["value"] for s in record["signals"]}
+    assert by_type["md5"] == hashlib.md5(MEDIA).hexdigest()
+    assert by_type["sha256"] == hashlib.sha256(MEDIA).hexdigest()
+    assert len(by_type["pdq"]) == 64 and record["media_error"] is None
     assert record["kind"] == "upload" and record["stages"] == ["enrich"]
 
 
@@ -81,19 +84,30 @@ def test_enrich_says_why_media_by_reference_is_unhashed() -> None:
 
 def test_banned_media_is_removed_with_its_evidence() -> None:
     stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage())
-    [d] = through(*stages, record=upload())
+    [d] = through(*stages, record=upload(), topic="decisions")
     assert d["action"] == "remove" and d["rule_id"] == "bank-match"
     assert d["matches"][0]["bank"] == "b" and d["category"] == "terrorism" and d["severity"] == "critical"
     assert d["policy_id"] and d["policy_version"] and "bank 'b'" in d["explanation"]
-    [again] = through(*stages, record=upload())
+    [again] = through(*stages, record=upload(), topic="decisions")
     assert again["decision_id"] != d["decision_id"]  # a new event, a new decision
+
+
+def test_removal_banks_the_hashes_of_the_removed_item() -> None:
+    stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage(removed_bank="gone"))
+    entries = through(*stages, record=upload(), topic="banks")
+    assert {(e["bank"], e["signal_type"]) for e in entries} == {
+        ("gone", "md5"),
+        ("gone", "sha256"),
+        ("gone", "pdq"),
+    }
+    assert all(e["category"] == "terrorism" and e["source"].startswith("p:decision:") for e in entries)
 
 
 def test_clean_media_allowed_and_decision_id_is_stable_per_event() -> None:
     stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage())
-    record = upload(media=b"clean")
-    [d1] = through(*stages, record=record)
-    [d2] = through(*stages, record=record)
+    record = upload(media=encode(photo(2, (160, 120))))
+    [d1] = through(*stages, record=record, topic="decisions")
+    [d2] = through(*stages, record=record, topic="decisions")
     assert d1["action"] == "allow" and d1["decision_id"] == d2["decision_id"]
 
 

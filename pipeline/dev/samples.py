@@ -1,0 +1,47 @@
+"""Sample media for the demo, benchmarks and tests: photographic-like images (smooth
+structure, edges, texture and sensor noise, not flat noise), drawn from a seed."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+
+def photo(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """A synthetic 'photograph': a sky-to-ground gradient, soft blobs, hard-edged shapes,
+    fine texture and sensor noise, all drawn from `seed`."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    img = top[None, None, :] * (1 - y / h)[..., None] + bottom[None, None, :] * (y / h)[..., None]
+    for _ in range(12):  # soft light and shadow
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.05, 0.4) * max(w, h)
+        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
+        img += blob[..., None] * rng.uniform(-120, 120, 3)[None, None, :]
+    low = rng.normal(0, 1, (h // 16 + 2, w // 16 + 2, 3))  # low-frequency texture
+    texture = np.asarray(
+        Image.fromarray(((low - low.min()) / np.ptp(low) * 255).astype(np.uint8)).resize(
+            (w, h), Image.Resampling.BICUBIC
+        ),
+        dtype=np.float32,
+    )
+    img += (texture - 128) * 0.4
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    for _ in range(8):  # objects with edges
+        x0, y0 = rng.uniform(0, w * 0.8), rng.uniform(0, h * 0.8)
+        x1, y1 = x0 + rng.uniform(0.05, 0.3) * w, y0 + rng.uniform(0.05, 0.3) * h
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
+    pil = pil.filter(ImageFilter.GaussianBlur(1.2))
+    noisy = np.asarray(pil, dtype=np.float32) + rng.normal(0, 4, (h, w, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()
