@@ -17,7 +17,6 @@ from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import EnrichStage
 from pipeline.stages.match import MatchStage
 from pipeline.state.accounts import RedisAccountStore
-
 from tests.media import encode, photo
 
 from .helpers import collect, event_ids, running

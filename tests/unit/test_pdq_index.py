@@ -72,3 +72,16 @@ def test_live_index_follows_adds_and_removes() -> None:
     got = [sorted(hits) for hits in index.search(queries, 31)]
     assert got == want
     assert len(index) == len(live)
+
+
+def test_query_near_more_hashes_than_the_first_result_capacity() -> None:
+    rng = np.random.default_rng(11)
+    base = rng.integers(0, 256, (1, 32), dtype=np.uint8)
+    bank = np.concatenate(
+        [near(rng, np.repeat(base, 700, axis=0), 12), rng.integers(0, 256, (5000, 32), dtype=np.uint8)]
+    )
+    got = MultiIndex(bank).search(base, 31)
+    want = brute_force(bank, base, 31)
+    assert len(got[0]) >= 700
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g, w)

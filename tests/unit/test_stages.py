@@ -6,13 +6,13 @@ import hashlib
 from collections.abc import Iterable
 
 from pipeline.banks.table import BankTable
-from tests.media import encode, photo
 from pipeline.enforce.consumer import EnforceStage
 from pipeline.records import Incoming, Record, envelope
 from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import EnrichStage
 from pipeline.stages.match import MatchStage
 from pipeline.state.accounts import account_context
+from tests.media import encode, photo
 
 MEDIA = encode(photo(1, (160, 120)))
 
