@@ -97,7 +97,8 @@ def main() -> None:
     for threads in (1, os.cpu_count() or 1):
         build, qps, results = ours(bank, queries, threads)
         same = results[: args.baseline_queries] == te_results
-        rows.append((threads, build, qps, same, sum(len(r) for r in results[: args.baseline_queries])))
+        matches = sum(len(r) for r in results[: args.baseline_queries])
+        rows.append((threads, build, qps, same, matches))
         print(
             f"modstream MultiIndex, {threads} thread(s): build {build:.1f} s, {qps:,.0f} queries/s (batched), "
             f"identical results: {same}",
@@ -108,7 +109,7 @@ def main() -> None:
     print()
     print(f"{'index':40} {'build s':>8} {'queries/s':>10} {'vs threatexchange':>18}")
     print(f"{'threatexchange PDQIndex':40} {te_build:>8.1f} {te_qps:>10,.0f} {'1.0x':>18}")
-    for threads, build, qps, same, matches in rows:
+    for threads, build, qps, _, _ in rows:
         name = f"modstream MultiIndex ({threads} thread{'s' if threads > 1 else ''})"
         print(f"{name:40} {build:>8.1f} {qps:>10,.0f} {qps / te_qps:>17.1f}x")
     print(

@@ -134,9 +134,9 @@ def _popcount(x: np.uint64) -> int:
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _search_kernel(
+def _search_kernel(  # type: ignore[no-untyped-def]  # numba infers the types of the arrays
     words, head, order, offsets, queries, masks, radius, max_flips, out_rows, out_dists, out_counts
-):  # type: ignore[no-untyped-def]  # noqa: E501
+):
     cap = out_rows.shape[1]
     for q in numba.prange(queries.shape[0]):
         found = 0
