@@ -100,7 +100,7 @@ def main() -> None:
         matches = sum(len(r) for r in results[: args.baseline_queries])
         rows.append((threads, build, qps, same, matches))
         print(
-            f"modstream MultiIndex, {threads} thread(s): build {build:.1f} s, {qps:,.0f} queries/s (batched), "
+            f"modstream MultiIndex, {threads} thread(s): build {build:.1f} s, {qps:,.0f} queries/s, "
             f"identical results: {same}",
             flush=True,
         )
