@@ -172,10 +172,10 @@ def main() -> None:
     py = sys.executable
     systems = [
         (
-            "modstream enrich>match>decide",
+            "modstream enrich>match>classify>decide",
             "decisions",
             "Decision",
-            [py, "-m", "pipeline", "--log-level", "WARNING", "run", "enrich", "match", "decide"],
+            [py, "-m", "pipeline", "--log-level", "WARNING", "run", "enrich", "match", "classify", "decide"],
         ),
         (
             "plain confluent-kafka loop",
@@ -229,7 +229,7 @@ def main() -> None:
     print(f"{'system':32} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for name, r in results.items():
         print(f"{name:32} {r['events_per_s']:>10.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
-    ours = results.get("modstream enrich>match>decide", {}).get("events_per_s", 0)
+    ours = results.get("modstream enrich>match>classify>decide", {}).get("events_per_s", 0)
     for name, r in results.items() if ours else ():
         if not name.startswith("modstream"):
             print(f"modstream / {name}: {ours / r['events_per_s']:.2f}x throughput")

@@ -120,7 +120,7 @@ def run(ctx: click.Context, stages: tuple[str, ...]) -> None:
     app = App(settings_of(ctx))
     try:
         run_all(app.runners(list(stages)))
-    except ValueError as exc:
+    except ValueError as exc:  # an unknown stage, or a broken model registry or policy
         raise click.ClickException(str(exc)) from exc
     finally:
         app.close()
@@ -253,6 +253,39 @@ def bank_delete(ctx: click.Context, bank_name: str, signal_type: str | None, val
     if bool(signal_type) != bool(value):
         raise click.ClickException("give both --signal-type and --hash, or neither to delete the whole bank")
     click.echo(f"deleted {admin.delete(settings_of(ctx), bank_name, signal_type, value)} entries")
+
+
+# ---- models ----------------------------------------------------------------------
+@main.group()
+def models() -> None:
+    """Classifier models."""
+
+
+@models.command("build")
+def models_build() -> None:
+    """Train the default text model from the corpus, write it as ONNX with its model card."""
+    from pipeline.models.build import CARD_PATH, MODEL_PATH, build, format_report
+
+    click.echo(format_report(build()))
+    click.echo(f"wrote {MODEL_PATH.name} and {CARD_PATH.name}")
+
+
+@models.command("check")
+@click.argument("registry", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.pass_context
+def models_check(ctx: click.Context, registry: str | None) -> None:
+    """Load every model of REGISTRY (default: the configured one) and run it once."""
+    from pathlib import Path
+
+    from pipeline.models.registry import DEFAULT_REGISTRY, RegistryError, load_models
+
+    settings: Settings = ctx.obj
+    path = Path(registry or settings.models or DEFAULT_REGISTRY)
+    try:
+        for model in load_models(path, settings.onnx_providers, settings.onnx_threads):
+            click.echo(f"{model.spec.name}\t{model.spec.modality}\t{','.join(model.providers)}\tok")
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 # ---- demo ---------------------------------------------------------------------

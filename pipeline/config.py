@@ -83,6 +83,12 @@ class Settings:
     video_query_match_pct: float = 80.0
     video_index_match_pct: float = 0.0
     removed_bank: str = "removed"  # where decide banks the hashes of removed items
+    # classification (classify)
+    models: str = ""  # model registry file; empty: the built-in one
+    onnx_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    onnx_threads: int = 1
+    classify_skip_matched: bool = True
+    classify_skip_distance: int = 16
     state_dir: Path = field(default_factory=default_state_dir)
     kafka_extra: dict[str, str] = field(default_factory=dict)
 
@@ -121,6 +127,13 @@ class Settings:
             video_query_match_pct=float(get("VIDEO_QUERY_MATCH_PCT", str(base.video_query_match_pct))),
             video_index_match_pct=float(get("VIDEO_INDEX_MATCH_PCT", str(base.video_index_match_pct))),
             removed_bank=get("REMOVED_BANK", base.removed_bank),
+            models=get("MODELS"),
+            onnx_providers=tuple(
+                p.strip() for p in get("ONNX_PROVIDERS", "CPUExecutionProvider").split(",") if p.strip()
+            ),
+            onnx_threads=int(get("ONNX_THREADS", str(base.onnx_threads))),
+            classify_skip_matched=get("CLASSIFY_SKIP_MATCHED", "1").lower() not in ("0", "false", "no"),
+            classify_skip_distance=int(get("CLASSIFY_SKIP_DISTANCE", str(base.classify_skip_distance))),
             state_dir=Path(get("STATE_DIR", str(base.state_dir))),
             kafka_extra={str(k): str(v) for k, v in extra.items()},
         )

@@ -17,11 +17,13 @@ from pipeline.banks.table import BankTable, MatchConfig
 from pipeline.config import Settings
 from pipeline.enforce.consumer import EnforceStage
 from pipeline.enforce.logging_enforcer import handlers as logging_handlers
+from pipeline.models.registry import DEFAULT_REGISTRY, OnnxModel, Threshold, load_models, load_registry
 from pipeline.records import Stage
 from pipeline.runtime.runner import Runner
 from pipeline.serde import Codec
 from pipeline.signals.fetch import MediaFetcher
 from pipeline.signals.media import MediaLimits
+from pipeline.stages.classify import ClassifyStage
 from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import EnrichStage
 from pipeline.stages.match import MatchStage
@@ -29,7 +31,7 @@ from pipeline.state.accounts import RedisAccountStore
 
 logger = logging.getLogger(__name__)
 
-PIPELINE = ("enrich", "match", "decide")
+PIPELINE = ("enrich", "match", "classify", "decide")
 ENFORCERS = ("enforce-log",)
 STAGES = PIPELINE + ENFORCERS
 
@@ -51,6 +53,7 @@ class App:
     _banks: BankTable | None = None
     _follower: BankFollower | None = None
     _redis: Any = None
+    _models: list[OnnxModel] | None = None
 
     def __post_init__(self) -> None:
         self.codec = Codec(registry_url=self.settings.schema_registry_url)
@@ -83,6 +86,16 @@ class App:
             video_index_pct=s.video_index_match_pct,
         )
 
+    def models(self) -> list[OnnxModel]:
+        if self._models is None:
+            path = Path(self.settings.models) if self.settings.models else DEFAULT_REGISTRY
+            self._models = load_models(path, self.settings.onnx_providers, self.settings.onnx_threads)
+        return self._models
+
+    def thresholds(self) -> dict[tuple[str, str], Threshold]:
+        path = Path(self.settings.models) if self.settings.models else DEFAULT_REGISTRY
+        return {(spec.name, label): t for spec in load_registry(path) for label, t in spec.thresholds.items()}
+
     def banks(self) -> BankTable:
         if self._banks is None:
             self._banks = BankTable(self.match_config())
@@ -95,7 +108,12 @@ class App:
         builders: dict[str, Callable[[], Stage]] = {
             "enrich": lambda: EnrichStage(RedisAccountStore(self.redis), self.fetcher(), self.media_limits()),
             "match": lambda: MatchStage(self.banks()),
-            "decide": lambda: DecideStage(removed_bank=self.settings.removed_bank),
+            "classify": lambda: ClassifyStage(
+                self.models(), self.settings.classify_skip_matched, self.settings.classify_skip_distance
+            ),
+            "decide": lambda: DecideStage(
+                removed_bank=self.settings.removed_bank, thresholds=self.thresholds()
+            ),
             "enforce-log": lambda: EnforceStage("log", logging_handlers(), self.settings.topic_prefix),
         }
         if name not in builders:

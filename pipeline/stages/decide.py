@@ -2,11 +2,16 @@
 
 Built-in rules, first match wins:
 1. `bank-match`: any bank match removes the item (ends a live stream).
-2. `report-needs-review`: a report with no matching signal goes to human
+2. `classifier-remove`: a classifier score at or above its label's `remove`
+   threshold removes the item.
+3. `report-needs-review`: a report with no matching signal goes to human
    review, with a deadline 24 hours after the report.
-3. `unhashable-media`: media that could not be fetched or hashed goes to review:
+4. `classifier-review`: a score at or above its label's `review` threshold
+   sends the item to human review.
+5. `unhashable-media`: media that could not be fetched or hashed goes to review:
    what cannot be checked is not waved through.
-4. `default-allow`: anything else is allowed.
+6. `default-allow`: anything else is allowed.
+Thresholds come from the model registry; the Decision lists those that fired.
 
 Permanent removal: when an item is removed, its hashes (exact, PDQ, video
 frames) are banked in the `removed` bank, so a re-upload, even a transformed
@@ -15,8 +20,9 @@ copy, is matched at upload time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from pipeline.models.registry import Threshold
 from pipeline.records import Incoming, Output, Record, now_ms, record_key, stable_id, subject_key
 
 POLICY_ID = "builtin"
@@ -73,9 +79,40 @@ def removal_entries(record: Record, d: Record, bank: str) -> list[Output]:
 class DecideStage:
     name = "decide"
 
-    def __init__(self, inputs: tuple[str, ...] = ("matched",), removed_bank: str = "removed") -> None:
+    def __init__(
+        self,
+        inputs: tuple[str, ...] = ("classified",),
+        removed_bank: str = "removed",
+        thresholds: Mapping[tuple[str, str], Threshold] | None = None,
+    ) -> None:
         self.inputs = inputs
         self.removed_bank = removed_bank
+        self.thresholds = dict(thresholds or {})  # (model, label) -> Threshold
+
+    def fired(self, record: Record, kind: str) -> list[tuple[Record, float]]:
+        """(score, threshold) pairs at or above their `kind` threshold ("review" or "remove"),
+        highest score first."""
+        out = []
+        for s in record["scores"]:
+            t = self.thresholds.get((s["model"], s["label"]))
+            limit = getattr(t, kind) if t else None
+            if limit is not None and s["score"] >= limit:
+                out.append((s, limit))
+        return sorted(out, key=lambda f: -f[0]["score"])
+
+    def _classifier(self, record: Record, action: str, kind: str) -> Record | None:
+        fired = self.fired(record, kind)
+        if not fired:
+            return None
+        top, limit = fired[0]
+        return decision(
+            record,
+            action,
+            f"classifier-{kind}",
+            f"{action}: {top['model']} scored {top['label']} {top['score']:.2f} (>= {kind} threshold {limit})",
+            category=top["label"],
+            thresholds={f"{s['model']}/{s['label']}.{kind}": t for s, t in fired},
+        )
 
     def process(self, batch: Sequence[Incoming]) -> list[Output]:
         out: list[Output] = []
@@ -112,6 +149,9 @@ class DecideStage:
                 severity=worst["severity"],
             )
             return [Output("decisions", key, d), *removal_entries(record, d, self.removed_bank)]
+        d = self._classifier(record, "remove", "remove")
+        if d is not None:
+            return [Output("decisions", key, d), *removal_entries(record, d, self.removed_bank)]
         if record["kind"] == "report":
             report = record["report"]
             d = decision(
@@ -123,6 +163,12 @@ class DecideStage:
             )
             task = self._review_task(record, d, priority=1, reason=f"report: {report['reason']}")
             return [Output("decisions", key, d), task]
+        d = self._classifier(record, "review", "review")
+        if d is not None:
+            return [
+                Output("decisions", key, d),
+                self._review_task(record, d, priority=1, reason=d["explanation"]),
+            ]
         if record["media_error"]:
             d = decision(
                 record,

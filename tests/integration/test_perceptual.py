@@ -34,7 +34,7 @@ def app(settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def fused(app: App) -> list[object]:
-    return [app.build(n) for n in ("enrich", "match", "decide")]
+    return [app.build(n) for n in ("enrich", "match", "classify", "decide")]
 
 
 def decisions_for(settings: Settings, ids: list[str], timeout_s: float = 90) -> dict[str, dict]:  # type: ignore[type-arg]

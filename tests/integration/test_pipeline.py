@@ -13,6 +13,7 @@ from pipeline.records import now_ms, record_key
 from pipeline.runtime.app import connect_redis
 from pipeline.sdk import ModerationProducer
 from pipeline.serde import Codec
+from pipeline.stages.classify import ClassifyStage
 from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import EnrichStage
 from pipeline.stages.match import MatchStage
@@ -42,11 +43,9 @@ def bank(producer: ModerationProducer, media: bytes, bank_name: str = "tvec") ->
 
 
 def pipeline_stages(settings: Settings, banks: BankTable) -> list[object]:
-    return [
-        EnrichStage(RedisAccountStore(connect_redis(settings.redis_url))),
-        MatchStage(banks),
-        DecideStage(),
-    ]
+    # No classifier models here: classify passes records through (test_classify.py has them).
+    accounts = RedisAccountStore(connect_redis(settings.redis_url))
+    return [EnrichStage(accounts), MatchStage(banks), ClassifyStage([]), DecideStage()]
 
 
 @pytest.fixture
@@ -85,8 +84,8 @@ def test_separate_stages_hand_over_through_topics(settings: Settings, banks) -> 
     producer = ModerationProducer(settings)
     bank(producer, BANNED)
     follower.wait_caught_up()
-    enrich, match, decide = pipeline_stages(settings, table)
-    with running(settings, [enrich], [match], [decide]):
+    enrich, match, classify, decide = pipeline_stages(settings, table)
+    with running(settings, [enrich], [match], [classify], [decide]):
         banned = producer.send_upload("c-banned", "u1", media=BANNED)
         producer.flush()
         decisions = by_event(collect(settings, "decisions", lambda ds: banned in event_ids(ds)))
@@ -147,7 +146,7 @@ def test_bad_records_go_to_dlq_and_neighbours_are_processed(settings: Settings, 
     follower.wait_caught_up()
     producer = ModerationProducer(settings)
     enrich = EnrichStage(ExplodingAccounts(connect_redis(settings.redis_url)))
-    with running(settings, [enrich, MatchStage(table), DecideStage()]):
+    with running(settings, [enrich, MatchStage(table), ClassifyStage([]), DecideStage()]):
         first = producer.send_upload("c-1", "u1", media=CLEAN)
         producer.send_raw("uploads", b"c-garbage", b"this is not avro")
         producer.send_raw("uploads", b"c-json", b'{"envelope": "json is not the wire format"}')
@@ -208,9 +207,9 @@ def test_metrics_and_health_endpoints(settings: Settings, banks) -> None:  # typ
             health = json.loads(r.read())
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
-    assert health["healthy"] is True and health["stage"] == "enrich+match+decide"
+    assert health["healthy"] is True and health["stage"] == "enrich+match+classify+decide"
     assert health["assigned"]
-    assert 'modstream_records_in_total{stage="enrich+match+decide",topic="uploads"}' in text
-    assert 'modstream_records_out_total{stage="enrich+match+decide",topic="decisions"}' in text
+    assert 'modstream_records_in_total{stage="enrich+match+classify+decide",topic="uploads"}' in text
+    assert 'modstream_records_out_total{stage="enrich+match+classify+decide",topic="decisions"}' in text
     assert "modstream_end_to_end_seconds_bucket" in text
     assert "modstream_batch_seconds_count" in text

@@ -43,7 +43,7 @@ KILLER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
 
     app = App(Settings.from_env())
-    stages = [app.build(n) for n in ("enrich", "match", "decide")]
+    stages = [app.build(n) for n in ("enrich", "match", "classify", "decide")]
     Runner(app.settings, stages, app.codec, before_commit=crash).run()
 """)
 
@@ -79,7 +79,9 @@ def kill_and_restart(settings: Settings, tmp_path: Path) -> tuple[list[str], lis
     crashed = run_stage(settings, [str(killer)], log)
     assert crashed.wait(120) == -signal.SIGKILL, log.read_text()
     proc = run_stage(
-        settings, ["-m", "pipeline", "--log-level", "WARNING", "run", "enrich", "match", "decide"], log
+        settings,
+        ["-m", "pipeline", "--log-level", "WARNING", "run", "enrich", "match", "classify", "decide"],
+        log,
     )
     try:
         ids = decided_ids(settings, EVENTS, 120)
