@@ -44,9 +44,7 @@ def rate(fn, images: list[bytes], rounds: int) -> tuple[float, list[str]]:  # ty
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -56,24 +54,15 @@ def main() -> None:
     fast_rate, fast_hashes = rate(fast, images, args.rounds)
     enrich_rate, _ = rate(enrich_path, images, args.rounds)
     distances = [
-        int(
-            np.unpackbits(
-                np.frombuffer(bytes.fromhex(a), np.uint8) ^ np.frombuffer(bytes.fromhex(b), np.uint8)
-            ).sum()
-        )
+        int(np.unpackbits(np.frombuffer(bytes.fromhex(a), np.uint8) ^ np.frombuffer(bytes.fromhex(b), np.uint8)).sum())
         for a, b in zip(full_hashes, fast_hashes, strict=True)
     ]
-    print(f"{'path':52} {'images/s':>9}")
+    width = 52
+    print(f"{'path':{width}} {'images/s':>9}")
     print(f"{'plain pdqhash on the full decoded image':52} {full_rate:>9.1f}")
-    print(
-        f"{'fast path (reduced-scale JPEG decode, pdqhash)':52} {fast_rate:>9.1f}  {fast_rate / full_rate:.1f}x"
-    )
-    print(
-        f"{'enrich (fast path plus the 8 dihedral hashes)':52} {enrich_rate:>9.1f}  {enrich_rate / full_rate:.1f}x"
-    )
-    print(
-        f"distance fast vs full: max {max(distances)}, mean {np.mean(distances):.1f} bits (match threshold 31)"
-    )
+    print(f"{'fast path (reduced-scale JPEG decode, pdqhash)':52} {fast_rate:>9.1f}  {fast_rate / full_rate:.1f}x")
+    print(f"{'enrich (fast path plus the 8 dihedral hashes)':52} {enrich_rate:>9.1f}  {enrich_rate / full_rate:.1f}x")
+    print(f"distance fast vs full: max {max(distances)}, mean {np.mean(distances):.1f} bits (match threshold 31)")
 
 
 if __name__ == "__main__":

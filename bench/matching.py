@@ -40,9 +40,7 @@ def make_data(size: int, queries: int, seed: int = 1) -> tuple[np.ndarray, np.nd
     return bank, q
 
 
-def ours(
-    bank: np.ndarray, queries: np.ndarray, threads: int
-) -> tuple[float, float, list[list[tuple[int, int]]]]:
+def ours(bank: np.ndarray, queries: np.ndarray, threads: int) -> tuple[float, float, list[list[tuple[int, int]]]]:
     numba.set_num_threads(threads)
     started = time.perf_counter()
     index = MultiIndex(bank)
@@ -72,14 +70,10 @@ def threatexchange(bank: np.ndarray, queries: np.ndarray) -> tuple[float, float,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=4000)
-    parser.add_argument(
-        "--baseline-queries", type=int, default=1000, help="threatexchange is slower: fewer queries"
-    )
+    parser.add_argument("--baseline-queries", type=int, default=1000, help="threatexchange is slower: fewer queries")
     args = parser.parse_args()
 
     bank, queries = make_data(args.size, args.queries)

@@ -157,9 +157,7 @@ def measure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--rate", type=float, default=500.0, help="events/s in the latency phase")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of the latency phase")

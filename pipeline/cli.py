@@ -30,9 +30,7 @@ class JsonLogFormatter(logging.Formatter):
 def configure_logging(level: str, json_logs: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        JsonLogFormatter()
-        if json_logs
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        JsonLogFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
@@ -53,9 +51,7 @@ def main(ctx: click.Context, log_level: str, json_logs: bool) -> None:
 def settings_of(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     if not settings.bootstrap_servers:
-        raise click.ClickException(
-            "no Kafka configured: set MODSTREAM_BOOTSTRAP_SERVERS or run `modstream dev up`"
-        )
+        raise click.ClickException("no Kafka configured: set MODSTREAM_BOOTSTRAP_SERVERS or run `modstream dev up`")
     return settings
 
 
@@ -201,9 +197,7 @@ def bank_import(ctx: click.Context, source: IO[str], bank_name: str, source_name
 @click.option("--category", required=True)
 @click.option("--severity", default="high", show_default=True)
 @click.pass_context
-def bank_add_media(
-    ctx: click.Context, files: tuple[str, ...], bank_name: str, category: str, severity: str
-) -> None:
+def bank_add_media(ctx: click.Context, files: tuple[str, ...], bank_name: str, category: str, severity: str) -> None:
     """Hash media FILES (images, videos) and bank their hashes."""
     from pathlib import Path
 

@@ -142,9 +142,7 @@ class Settings:
 
     def validate(self) -> None:
         if self.guarantee not in ("at-least-once", "exactly-once"):
-            raise ValueError(
-                f"MODSTREAM_GUARANTEE must be at-least-once or exactly-once, not {self.guarantee!r}"
-            )
+            raise ValueError(f"MODSTREAM_GUARANTEE must be at-least-once or exactly-once, not {self.guarantee!r}")
         if self.partitions < 1 or self.batch_size < 1:
             raise ValueError("MODSTREAM_PARTITIONS and MODSTREAM_BATCH_SIZE must be positive")
 
@@ -166,9 +164,7 @@ class Settings:
     # librdkafka configuration, in one place.
     def _common(self) -> dict[str, Any]:
         if not self.bootstrap_servers:
-            raise RuntimeError(
-                "no Kafka bootstrap servers: set MODSTREAM_BOOTSTRAP_SERVERS or run `modstream dev up`"
-            )
+            raise RuntimeError("no Kafka bootstrap servers: set MODSTREAM_BOOTSTRAP_SERVERS or run `modstream dev up`")
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_extra}
 
     def producer_config(self, transactional_id: str | None = None) -> dict[str, Any]:

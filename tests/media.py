@@ -40,9 +40,7 @@ def video(
     panning photo, encoded with PyAV."""
     import av
 
-    scenes = [
-        photo(seed * 100 + i, (size[0] + 64, size[1] + 64)) for i in range(seconds // scene_seconds + 1)
-    ]
+    scenes = [photo(seed * 100 + i, (size[0] + 64, size[1] + 64)) for i in range(seconds // scene_seconds + 1)]
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)

@@ -83,15 +83,11 @@ def parse_csv(lines: Iterable[str], default_bank: str, source: str) -> list[Reco
         except BankInputError as exc:
             errors.append(f"line {lineno}: {exc}")
     if errors:
-        raise BankInputError(
-            "; ".join(errors[:20]) + (f" (and {len(errors) - 20} more)" if len(errors) > 20 else "")
-        )
+        raise BankInputError("; ".join(errors[:20]) + (f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""))
     return entries
 
 
-def media_entries(
-    data: bytes, bank: str, category: str, severity: str, source: str, item_id: str
-) -> list[Record]:
+def media_entries(data: bytes, bank: str, category: str, severity: str, source: str, item_id: str) -> list[Record]:
     """Bank entries for a media file's hashes (exact, PDQ, video frames)."""
     kinds = {"md5", "sha256", "pdq", "video_pdq"}
     return [

@@ -50,9 +50,7 @@ class BankFollower(threading.Thread):
             if not partitions:
                 raise RuntimeError(f"topic {topic} does not exist: run `modstream topics create`")
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-            ends = {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions
-            }
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions}
             positions = {p: 0 for p in partitions}
             started = time.monotonic()
             while not self._stop.is_set():
@@ -63,9 +61,7 @@ class BankFollower(threading.Thread):
                     positions[int(msg.partition() or 0)] = int(msg.offset() or 0) + 1
                     self._apply(msg.key(), msg.value())
                 if not self.caught_up.is_set() and all(positions[p] >= ends[p] for p in partitions):
-                    logger.info(
-                        "banks loaded: %d entries in %.2f s", len(self.table), time.monotonic() - started
-                    )
+                    logger.info("banks loaded: %d entries in %.2f s", len(self.table), time.monotonic() - started)
                     self.caught_up.set()
         finally:
             consumer.close()

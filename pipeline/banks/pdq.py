@@ -38,9 +38,7 @@ class LivePDQIndex:
 
     def _refresh(self) -> None:
         dead = len(self._keys) - len(self._rows)
-        if len(self._keys) - self._indexed > self.max_delta or dead > max(
-            self.max_delta, len(self._keys) // 4
-        ):
+        if len(self._keys) - self._indexed > self.max_delta or dead > max(self.max_delta, len(self._keys) // 4):
             live = [row for row, alive in enumerate(self._alive) if alive]
             self._keys = [self._keys[r] for r in live]
             self._hashes = [self._hashes[r] for r in live]

@@ -145,9 +145,7 @@ def _search_kernel(  # type: ignore[no-untyped-def]  # numba infers the types of
             for mask in masks:
                 bucket = int(query_chunk ^ mask)
                 for pos in range(offsets[c, bucket], offsets[c, bucket + 1]):
-                    d = _popcount(head[c, pos, 0] ^ queries[q, 0]) + _popcount(
-                        head[c, pos, 1] ^ queries[q, 1]
-                    )
+                    d = _popcount(head[c, pos, 0] ^ queries[q, 0]) + _popcount(head[c, pos, 1] ^ queries[q, 1])
                     if d > radius:
                         continue
                     row = order[c, pos]
@@ -169,9 +167,7 @@ def _search_kernel(  # type: ignore[no-untyped-def]  # numba infers the types of
         out_counts[q] = found
 
 
-def brute_force(
-    bits: np.ndarray, query_bits: np.ndarray, radius: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def brute_force(bits: np.ndarray, query_bits: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reference: every (query, row, distance) within radius, by scanning everything."""
     words, q_words = as_words(bits), as_words(query_bits)
     out_q, out_r, out_d = [], [], []

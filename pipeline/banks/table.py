@@ -40,9 +40,7 @@ class MatchConfig:
         return self.bank_thresholds.get(bank, self.pdq_threshold)
 
 
-def bank_match(
-    entry: Record, distance: int = 0, item_id: str | None = None, score: float | None = None
-) -> Record:
+def bank_match(entry: Record, distance: int = 0, item_id: str | None = None, score: float | None = None) -> Record:
     return {
         "bank": entry["bank"],
         "signal_type": entry["signal_type"],
@@ -183,9 +181,7 @@ class BankTable:
             index_pct = 100.0 * len(matched_b[(i, item)]) / max(1, self._video_frames[item])
             if query_pct >= cfg.video_query_pct and index_pct >= cfg.video_index_pct:
                 dist, key = nearest[(i, item)]
-                out[i].append(
-                    bank_match(self._entries[key], dist, item_id=item[1], score=round(query_pct, 1))
-                )
+                out[i].append(bank_match(self._entries[key], dist, item_id=item[1], score=round(query_pct, 1)))
 
     # ---- inspection ----------------------------------------------------------
     def entries(self) -> list[Record]:

@@ -57,11 +57,7 @@ class EnforceStage:
             if handler is None:
                 continue
             attempts, detail, ok = self._call(handler, d)
-            out.append(
-                Output(
-                    "enforcement.results", subject_key(d["envelope"]), self._result(d, ok, attempts, detail)
-                )
-            )
+            out.append(Output("enforcement.results", subject_key(d["envelope"]), self._result(d, ok, attempts, detail)))
             if not ok:
                 out.append(dead_letter(incoming, self.name, "enforce", detail, self.topic_prefix))
         return out
@@ -105,9 +101,7 @@ class DecisionConsumer:
     >>> DecisionConsumer(settings, "takedown", {"remove": take_down}).run()
     """
 
-    def __init__(
-        self, settings: Settings, name: str, handlers: Mapping[str, Handler], **options: object
-    ) -> None:
+    def __init__(self, settings: Settings, name: str, handlers: Mapping[str, Handler], **options: object) -> None:
         self.stage = EnforceStage(name, handlers, topic_prefix=settings.topic_prefix, **options)  # type: ignore[arg-type]
         self.runner = Runner(settings, [self.stage], group=settings.group_id(f"enforcer.{name}"))
 

@@ -34,9 +34,7 @@ class BuildReport:
 
 def split(rows: list[tuple[str, str, str]]) -> tuple[list[int], list[int]]:
     """Train and test row indexes: every fourth template of each label is held out."""
-    templates = sorted(
-        {(label, t) for _, label, t in rows}, key=lambda lt: (lt[0], int(lt[1].rsplit("-", 1)[1]))
-    )
+    templates = sorted({(label, t) for _, label, t in rows}, key=lambda lt: (lt[0], int(lt[1].rsplit("-", 1)[1])))
     held = set()
     for label in LABELS:
         mine = [t for lab, t in templates if lab == label]
@@ -55,9 +53,7 @@ def to_onnx_bytes(model: object) -> bytes:
     # The tokenizer inside the graph uses scikit-learn's token pattern (word characters, two
     # or more), not skl2onnx's default separators, so both give the same tokens.
     options = {id(classifier): {"zipmap": False}, id(vectorizer): {"tokenexp": r"\w\w+"}}
-    onx = to_onnx(
-        model, initial_types=[("text", StringTensorType([None, 1]))], options=options, target_opset=17
-    )
+    onx = to_onnx(model, initial_types=[("text", StringTensorType([None, 1]))], options=options, target_opset=17)
     for node in onx.graph.node:
         # skl2onnx leaves the locale to onnxruntime's default, en_US.UTF-8, which many
         # machines (and containers) lack; C.UTF-8 is always there and lower-cases alike.
@@ -91,9 +87,7 @@ def build(corpus: Path = CORPUS, out: Path = MODEL_PATH, card: Path | None = CAR
     assert tuple(model.classes_) == LABELS, model.classes_
 
     predicted = model.predict(texts[test])
-    p, r, _, s = precision_recall_fscore_support(
-        labels[test], predicted, labels=list(LABELS), zero_division=0
-    )
+    p, r, _, s = precision_recall_fscore_support(labels[test], predicted, labels=list(LABELS), zero_division=0)
     flag_true, flag_pred = labels[test] != "benign", predicted != "benign"
     tp = int((flag_true & flag_pred).sum())
     flagged = (tp / max(1, int(flag_pred.sum())), tp / max(1, int(flag_true.sum())))

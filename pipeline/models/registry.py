@@ -66,9 +66,7 @@ def _threshold(model: str, label: str, value: Any) -> Threshold:
     if isinstance(value, int | float):
         return Threshold(float(value))
     if isinstance(value, dict) and "review" in value and set(value) <= {"review", "remove"}:
-        return Threshold(
-            float(value["review"]), None if value.get("remove") is None else float(value["remove"])
-        )
+        return Threshold(float(value["review"]), None if value.get("remove") is None else float(value["remove"]))
     raise RegistryError(f"model {model}: threshold of {label!r} must be a number or {{review, remove}}")
 
 
@@ -107,9 +105,7 @@ def load_registry(path: Path = DEFAULT_REGISTRY) -> list[ModelSpec]:
         labels = tuple(str(x) for x in m["labels"])
         thresholds = {str(k): _threshold(m["name"], k, v) for k, v in (m.get("thresholds") or {}).items()}
         if set(thresholds) - set(labels):
-            raise RegistryError(
-                f"{where}: thresholds for unknown labels {sorted(set(thresholds) - set(labels))}"
-            )
+            raise RegistryError(f"{where}: thresholds for unknown labels {sorted(set(thresholds) - set(labels))}")
         if m.get("layout", "NCHW") not in ("NCHW", "NHWC"):
             raise RegistryError(f"{where}: layout must be NCHW or NHWC")
         specs.append(
@@ -136,9 +132,7 @@ def load_registry(path: Path = DEFAULT_REGISTRY) -> list[ModelSpec]:
 class OnnxModel:
     """One model in an onnxruntime session; `scores` takes a batch and returns (N, labels)."""
 
-    def __init__(
-        self, spec: ModelSpec, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 1
-    ) -> None:
+    def __init__(self, spec: ModelSpec, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 1) -> None:
         import onnxruntime as ort
 
         self.spec = spec
@@ -153,9 +147,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(spec.file), options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own exception types for any bad model
-            raise RegistryError(
-                f"model {spec.name}: onnxruntime cannot load {spec.file.name}: {exc}"
-            ) from exc
+            raise RegistryError(f"model {spec.name}: onnxruntime cannot load {spec.file.name}: {exc}") from exc
         self.providers = self.session.get_providers()
         inputs = {i.name for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
@@ -188,8 +180,8 @@ def preprocess_image(data: bytes, spec: ModelSpec) -> np.ndarray:
         rgb = np.asarray(image.convert("RGB").resize(spec.size), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise PreprocessError(f"model {spec.name}: cannot prepare image: {exc}") from exc
-    rgb = (rgb - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
-    return rgb.transpose(2, 0, 1) if spec.layout == "NCHW" else rgb
+    normalised: np.ndarray = (rgb - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
+    return normalised.transpose(2, 0, 1) if spec.layout == "NCHW" else normalised
 
 
 def _blank_png(size: tuple[int, int]) -> bytes:
@@ -200,7 +192,5 @@ def _blank_png(size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
-def load_models(
-    path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 1
-) -> list[OnnxModel]:
+def load_models(path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 1) -> list[OnnxModel]:
     return [OnnxModel(spec, providers, threads) for spec in load_registry(path)]

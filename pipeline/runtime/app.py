@@ -111,9 +111,7 @@ class App:
             "classify": lambda: ClassifyStage(
                 self.models(), self.settings.classify_skip_matched, self.settings.classify_skip_distance
             ),
-            "decide": lambda: DecideStage(
-                removed_bank=self.settings.removed_bank, thresholds=self.thresholds()
-            ),
+            "decide": lambda: DecideStage(removed_bank=self.settings.removed_bank, thresholds=self.thresholds()),
             "enforce-log": lambda: EnforceStage("log", logging_handlers(), self.settings.topic_prefix),
         }
         if name not in builders:

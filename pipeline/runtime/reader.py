@@ -77,10 +77,7 @@ def read_table(
     table: dict[str, Record] = {}
     try:
         partitions = list(consumer.list_topics(name, timeout=timeout_s).topics[name].partitions)
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)[1]
-            for p in partitions
-        }
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)[1] for p in partitions}
         pending = {p for p, end in ends.items() if end > 0}
         consumer.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in pending])
         deadline = time.monotonic() + timeout_s

@@ -261,9 +261,7 @@ class Runner:
         for out in outputs:
             while True:
                 try:
-                    produce(
-                        self._topics[out.topic], value=out.value, key=out.key, on_delivery=self._on_delivery
-                    )
+                    produce(self._topics[out.topic], value=out.value, key=out.key, on_delivery=self._on_delivery)
                     break
                 except BufferError:  # local queue full: serve delivery reports, then retry
                     self._producer.poll(0.1)
@@ -282,9 +280,7 @@ class Runner:
         if remaining:
             raise DeliveryFailed(f"{remaining} records not acknowledged within 60 s")
         if self._delivery_errors:
-            raise DeliveryFailed(
-                f"{len(self._delivery_errors)} deliveries failed: {self._delivery_errors[0]}"
-            )
+            raise DeliveryFailed(f"{len(self._delivery_errors)} deliveries failed: {self._delivery_errors[0]}")
         self._record_latency(self._pending_latency)
 
     def _record_latency(self, outputs: Iterable[_Encoded]) -> None:
@@ -347,9 +343,7 @@ class Runner:
             try:
                 handed, encoded = self._apply(index, mine)
             except Exception as exc:  # the batch failed: find the records that fail alone
-                logger.warning(
-                    "stage %s failed on a batch of %d (%s); retrying one by one", stage.name, len(mine), exc
-                )
+                logger.warning("stage %s failed on a batch of %d (%s); retrying one by one", stage.name, len(mine), exc)
                 handed, encoded = [], []
                 for record in mine:
                     try:
@@ -382,9 +376,7 @@ class Runner:
         encoded: list[_Encoded] = []
         for o in self.stages[index].process(records):
             if o.topic in self._internal[index]:
-                handed.append(
-                    Incoming(o.topic, _key_bytes(o.key), o.value or {}, origin.partition, origin.offset)
-                )
+                handed.append(Incoming(o.topic, _key_bytes(o.key), o.value or {}, origin.partition, origin.offset))
             else:
                 encoded.append(self._encode(o))
         return handed, encoded
@@ -397,9 +389,7 @@ class Runner:
         return record.key, self.codec.encode(TOPICS[record.topic], record.value)
 
     def _encode(self, o: Output) -> _Encoded:
-        value = (
-            None if o.value is None else self.codec.encode(TOPICS[o.topic], o.value, self._subject(o.topic))
-        )
+        value = None if o.value is None else self.codec.encode(TOPICS[o.topic], o.value, self._subject(o.topic))
         occurred = (o.value or {}).get("envelope", {}) or {}
         return _Encoded(o.topic, _key_bytes(o.key), value, occurred.get("occurred_at"))
 

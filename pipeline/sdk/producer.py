@@ -70,9 +70,7 @@ class ModerationProducer:
     def send_live_started(self, stream_id: str, user_id: str, *, title: str | None = None, **env: Any) -> str:
         return self._live(stream_id, user_id, "started", text=title, **env)
 
-    def send_live_frame(
-        self, stream_id: str, user_id: str, frame_index: int, frame: bytes, **env: Any
-    ) -> str:
+    def send_live_frame(self, stream_id: str, user_id: str, frame_index: int, frame: bytes, **env: Any) -> str:
         return self._live(stream_id, user_id, "frame", frame_index=frame_index, frame_b64=frame, **env)
 
     def send_live_ended(self, stream_id: str, user_id: str, **env: Any) -> str:
@@ -119,9 +117,7 @@ class ModerationProducer:
 
         while True:
             try:
-                self.producer.produce(
-                    self.settings.topic(topic), value=value, key=key, on_delivery=on_delivery
-                )
+                self.producer.produce(self.settings.topic(topic), value=value, key=key, on_delivery=on_delivery)
                 break
             except BufferError:
                 self.producer.poll(0.1)

@@ -30,9 +30,7 @@ class MediaFetcher:
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
-        self._opener = urllib.request.build_opener(
-            _CheckedRedirects(self._check_http), urllib.request.ProxyHandler({})
-        )
+        self._opener = urllib.request.build_opener(_CheckedRedirects(self._check_http), urllib.request.ProxyHandler({}))
 
     def fetch(self, uri: str) -> bytes:
         parts = urlsplit(uri)

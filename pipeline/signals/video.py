@@ -29,9 +29,7 @@ def video_signals(data: bytes, *, max_pixels: int, max_seconds: float, min_quali
             raise MediaError("media has no video stream")
         stream = container.streams.video[0]
         if stream.width * stream.height > max_pixels:
-            raise MediaError(
-                f"decompression bomb: {stream.width}x{stream.height} video frames exceed the limit"
-            )
+            raise MediaError(f"decompression bomb: {stream.width}x{stream.height} video frames exceed the limit")
         scale = min(1.0, FRAME_SIDE / max(stream.width, stream.height, 1))
         size = (max(1, int(stream.width * scale)), max(1, int(stream.height * scale)))
         signals: list[Record] = []

@@ -149,9 +149,9 @@ class DecideStage:
                 severity=worst["severity"],
             )
             return [Output("decisions", key, d), *removal_entries(record, d, self.removed_bank)]
-        d = self._classifier(record, "remove", "remove")
-        if d is not None:
-            return [Output("decisions", key, d), *removal_entries(record, d, self.removed_bank)]
+        removal = self._classifier(record, "remove", "remove")
+        if removal is not None:
+            return [Output("decisions", key, removal), *removal_entries(record, removal, self.removed_bank)]
         if record["kind"] == "report":
             report = record["report"]
             d = decision(
@@ -163,11 +163,11 @@ class DecideStage:
             )
             task = self._review_task(record, d, priority=1, reason=f"report: {report['reason']}")
             return [Output("decisions", key, d), task]
-        d = self._classifier(record, "review", "review")
-        if d is not None:
+        review = self._classifier(record, "review", "review")
+        if review is not None:
             return [
-                Output("decisions", key, d),
-                self._review_task(record, d, priority=1, reason=d["explanation"]),
+                Output("decisions", key, review),
+                self._review_task(record, review, priority=1, reason=review["explanation"]),
             ]
         if record["media_error"]:
             d = decision(

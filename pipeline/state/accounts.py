@@ -39,9 +39,7 @@ class RedisAccountStore:
         pipe = self.redis.pipeline(transaction=False)
         for uid in ids:
             pipe.hgetall(PREFIX + uid)
-        return {
-            uid: account_context(uid, fields or {}) for uid, fields in zip(ids, pipe.execute(), strict=True)
-        }
+        return {uid: account_context(uid, fields or {}) for uid, fields in zip(ids, pipe.execute(), strict=True)}
 
     def set_verified(self, user_id: str, verified: bool = True) -> None:
         self.redis.hset(PREFIX + user_id, "identity_verified", "1" if verified else "0")
@@ -56,6 +54,4 @@ class RedisAccountStore:
         end
         return tonumber(redis.call('HGET', KEYS[1], 'strikes') or '0')
         """
-        return int(
-            self.redis.eval(script, 2, key, key + ":strike_events", event_id, "1" if suspend_live else "0")
-        )
+        return int(self.redis.eval(script, 2, key, key + ":strike_events", event_id, "1" if suspend_live else "0"))

@@ -21,9 +21,7 @@ PDQ = "f" * 64
 
 def test_import_list_export_delete(settings: Settings, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
-    bad.write_text(
-        f"sha256,{SHA},terrorism,critical\nsha256,nothex,terrorism,critical\nmd5,{MD5},hate,extreme\n"
-    )
+    bad.write_text(f"sha256,{SHA},terrorism,critical\nsha256,nothex,terrorism,critical\nmd5,{MD5},hate,extreme\n")
     out = cli(settings, "bank", "import", str(bad))
     assert out.returncode != 0
     assert "line 2: 'nothex' is not a valid sha256 hash" in out.stderr and "line 3: severity" in out.stderr
@@ -34,9 +32,7 @@ def test_import_list_export_delete(settings: Settings, tmp_path: Path) -> None:
         f"signal_type,hash,category,severity,bank\nsha256,{SHA.upper()},terrorism,critical\n"
         f"md5,{MD5},hate,medium,partner\npdq,{PDQ},violent_extremism,high\n"
     )
-    assert (
-        cli(settings, "bank", "import", str(good), "--bank", "local").stdout.strip() == "imported 3 entries"
-    )
+    assert cli(settings, "bank", "import", str(good), "--bank", "local").stdout.strip() == "imported 3 entries"
     listed = cli(settings, "bank", "list").stdout.splitlines()
     assert listed == ["local\tpdq\t1", "local\tsha256\t1", "partner\tmd5\t1"]
     exported = cli(settings, "bank", "export").stdout
@@ -74,13 +70,7 @@ def test_add_media_banks_image_and_video_hashes(settings: Settings, tmp_path: Pa
         tuple(line.split("\t")[:2]): int(line.split("\t")[2])
         for line in cli(settings, "bank", "list").stdout.splitlines()
     }
-    assert (
-        counts[("tvec", "pdq")] == 1
-        and counts[("tvec", "sha256")] == 2
-        and counts[("tvec", "video_pdq")] >= 2
-    )
+    assert counts[("tvec", "pdq")] == 1 and counts[("tvec", "sha256")] == 2 and counts[("tvec", "video_pdq")] >= 2
     (tmp_path / "junk.jpg").write_bytes(b"junk" * 10)
-    out = cli(
-        settings, "bank", "add-media", str(tmp_path / "junk.jpg"), "--bank", "tvec", "--category", "terrorism"
-    )
+    out = cli(settings, "bank", "add-media", str(tmp_path / "junk.jpg"), "--bank", "tvec", "--category", "terrorism")
     assert out.returncode != 0 and "not a decodable image or video" in out.stderr

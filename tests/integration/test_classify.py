@@ -39,9 +39,7 @@ def test_text_and_image_classification_with_decide(settings: Settings, tmp_path:
             "news": producer.send_upload("c-3", "u3", text=NEWS),
             "condemnation": producer.send_upload("c-4", "u4", text=CONDEMNATION),
             "banked": producer.send_upload("c-5", "u5", media=encode(banned), text=INCITEMENT),
-            "bright": producer.send_upload(
-                "c-6", "u6", media=encode(Image.new("RGB", (64, 64), (250, 250, 250)))
-            ),
+            "bright": producer.send_upload("c-6", "u6", media=encode(Image.new("RGB", (64, 64), (250, 250, 250)))),
         }
         producer.flush()
         found = collect(settings, "decisions", lambda ds: set(sent.values()) <= set(event_ids(ds)), 120)
@@ -67,9 +65,7 @@ def test_broken_registry_stops_the_stage_at_start(settings: Settings, tmp_path: 
     from .test_cli import cli
 
     bad = tmp_path / "models.yaml"
-    bad.write_text(
-        "models:\n  - {name: m, modality: text, file: missing.onnx, input: t, output: o, labels: [a]}\n"
-    )
+    bad.write_text("models:\n  - {name: m, modality: text, file: missing.onnx, input: t, output: o, labels: [a]}\n")
     env_settings = settings.with_(models=str(bad))
     out = cli(env_settings, "run", "classify", timeout=60)
     assert out.returncode != 0

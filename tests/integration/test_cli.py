@@ -19,9 +19,7 @@ from ..conftest import settings_env
 pytestmark = pytest.mark.integration
 
 
-def cli(
-    settings: Settings, *args: str, stdin: str = "", timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
+def cli(settings: Settings, *args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pipeline", "--log-level", "WARNING", *args],
         input=stdin,
@@ -87,9 +85,7 @@ def test_produce_json_run_and_tail(settings: Settings, tmp_path: Path) -> None:
         out = cli(settings, "tail", "decisions", "--from-beginning", "--max", "1", "--timeout", "60")
         assert out.returncode == 0, out.stderr
         decision = json.loads(out.stdout.splitlines()[0])
-        results = cli(
-            settings, "tail", "enforcement.results", "--from-beginning", "--max", "1", "--timeout", "60"
-        )
+        results = cli(settings, "tail", "enforcement.results", "--from-beginning", "--max", "1", "--timeout", "60")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

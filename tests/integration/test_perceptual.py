@@ -26,9 +26,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def app(settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
     (tmp_path / "media").mkdir()
-    app = App(
-        settings.with_(media_root=str(tmp_path / "media"), media_allowed_hosts=("cdn.partner.example",))
-    )
+    app = App(settings.with_(media_root=str(tmp_path / "media"), media_allowed_hosts=("cdn.partner.example",)))
     yield app
     app.close()
 
@@ -51,12 +49,9 @@ def test_transformed_copies_removed_unrelated_allowed(settings: Settings, app: A
     producer = ModerationProducer(settings)
     with running(settings, fused(app)):
         copies = {
-            producer.send_upload(f"c-{name}", "u1", media=make(original)): name
-            for name, make in TRANSFORMS.items()
+            producer.send_upload(f"c-{name}", "u1", media=make(original)): name for name, make in TRANSFORMS.items()
         }
-        unrelated = [
-            producer.send_upload(f"c-other-{i}", "u2", media=encode(photo(600 + i))) for i in range(5)
-        ]
+        unrelated = [producer.send_upload(f"c-other-{i}", "u2", media=encode(photo(600 + i))) for i in range(5)]
         producer.flush()
         decisions = decisions_for(settings, [*copies, *unrelated])
     for event_id, name in copies.items():
@@ -107,9 +102,7 @@ def test_bank_entry_added_while_running_applies_within_a_second(settings: Settin
         assert decisions_for(settings, [after])[after]["action"] == "remove"
 
 
-def test_bad_media_gets_a_reason_and_the_stage_keeps_going(
-    settings: Settings, app: App, tmp_path: Path
-) -> None:
+def test_bad_media_gets_a_reason_and_the_stage_keeps_going(settings: Settings, app: App, tmp_path: Path) -> None:
     good = encode(photo(900))
     (tmp_path / "outside.jpg").write_bytes(good)
     (tmp_path / "media" / "inside.jpg").write_bytes(good)

@@ -114,18 +114,14 @@ def test_bank_entry_added_while_running_applies_to_later_events(settings: Settin
     # A tombstone deletes the entry again.
     producer.send_raw(
         "banks",
-        record_key(
-            "banks", {"bank": "tvec", "signal_type": "sha256", "hash": hashlib.sha256(BANNED).hexdigest()}
-        ),
+        record_key("banks", {"bank": "tvec", "signal_type": "sha256", "hash": hashlib.sha256(BANNED).hexdigest()}),
         None,
     )
     producer.flush()
     deadline = now_ms() + 5000
 
     def in_tvec() -> list[dict]:  # type: ignore[type-arg]
-        return [
-            m for m in table.match_exact("sha256", hashlib.sha256(BANNED).hexdigest()) if m["bank"] == "tvec"
-        ]
+        return [m for m in table.match_exact("sha256", hashlib.sha256(BANNED).hexdigest()) if m["bank"] == "tvec"]
 
     while in_tvec() and now_ms() < deadline:
         pass

@@ -21,9 +21,7 @@ LIMITS = MediaLimits()
 
 def distance(a: str, b: str) -> int:
     return int(
-        np.unpackbits(
-            np.frombuffer(bytes.fromhex(a), np.uint8) ^ np.frombuffer(bytes.fromhex(b), np.uint8)
-        ).sum()
+        np.unpackbits(np.frombuffer(bytes.fromhex(a), np.uint8) ^ np.frombuffer(bytes.fromhex(b), np.uint8)).sum()
     )
 
 
@@ -38,11 +36,7 @@ def test_fast_path_stays_within_a_few_bits_of_full_size_hashing() -> None:
     distances = []
     for seed in range(8):
         data = encode(photo(seed, (1920, 1080)), quality=90)
-        [fast] = [
-            s["value"]
-            for s in image_signals(open_image(data, LIMITS.max_pixels))
-            if s["signal_type"] == "pdq"
-        ]
+        [fast] = [s["value"] for s in image_signals(open_image(data, LIMITS.max_pixels)) if s["signal_type"] == "pdq"]
         distances.append(distance(fast, full_size_pdq(data)))
     assert max(distances) <= 10, distances
 
@@ -58,16 +52,12 @@ def test_enrich_hash_equals_pdqhash_on_small_and_png_images() -> None:
 def banked() -> tuple[Image.Image, BankTable]:
     original = photo(42)
     table = BankTable()
-    table.load(
-        media_entries(encode(original, quality=95), "tvec", "terrorism", "critical", "test", "item-42")
-    )
+    table.load(media_entries(encode(original, quality=95), "tvec", "terrorism", "critical", "test", "item-42"))
     return original, table
 
 
 @pytest.mark.parametrize("transform", sorted(TRANSFORMS))
-def test_transformed_copies_of_a_banked_image_match(
-    banked: tuple[Image.Image, BankTable], transform: str
-) -> None:
+def test_transformed_copies_of_a_banked_image_match(banked: tuple[Image.Image, BankTable], transform: str) -> None:
     original, table = banked
     signals = media_signals(TRANSFORMS[transform](original), LIMITS)
     [matches] = table.match_batch([signals])

@@ -54,9 +54,7 @@ def test_models_build_is_reproducible_and_prints_held_out_figures(tmp_path: Path
     outputs = []
     for seed in ("1", "3"):  # different hash seeds: set orders differ inside the converter
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        run = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-        )
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
         assert run.returncode == 0, run.stderr
         outputs.append((run.stdout, hashlib.sha256((tmp_path / "m.onnx").read_bytes()).hexdigest()))
     assert outputs[0] == outputs[1]

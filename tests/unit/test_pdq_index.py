@@ -66,8 +66,7 @@ def test_live_index_follows_adds_and_removes() -> None:
     qbits = np.frombuffer(bytes.fromhex("".join(queries)), np.uint8).reshape(-1, 32)
     q, rows, dists = brute_force(bits, qbits, 31)
     want = [
-        sorted((keys[r], d) for qq, r, d in zip(q, rows, dists, strict=True) if qq == i)
-        for i in range(len(queries))
+        sorted((keys[r], d) for qq, r, d in zip(q, rows, dists, strict=True) if qq == i) for i in range(len(queries))
     ]
     got = [sorted(hits) for hits in index.search(queries, 31)]
     assert got == want

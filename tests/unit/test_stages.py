@@ -33,9 +33,7 @@ def upload(media: bytes | None = MEDIA, **kw: object) -> Incoming:
 
 def report() -> Incoming:
     env = envelope("p", content_id="c1", user_id="owner")
-    return Incoming(
-        "reports", b"c1", {"envelope": env, "reporter_id": "r1", "reason": "terrorism", "text": None}
-    )
+    return Incoming("reports", b"c1", {"envelope": env, "reporter_id": "r1", "reason": "terrorism", "text": None})
 
 
 def bank() -> BankTable:
