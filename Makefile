@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/matching.py
 	$(BIN)/python bench/hashing.py
+	$(BIN)/python bench/classify.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

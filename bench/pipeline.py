@@ -224,9 +224,9 @@ def main() -> None:
         f"\n{args.events} events backlog; latency at {args.rate:.0f} events/s for {args.seconds:.0f} s; "
         f"embedded Tansu broker; {os.cpu_count()} cores\n"
     )
-    print(f"{'system':32} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'system':40} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for name, r in results.items():
-        print(f"{name:32} {r['events_per_s']:>10.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
+        print(f"{name:40} {r['events_per_s']:>10.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
     ours = results.get("modstream enrich>match>classify>decide", {}).get("events_per_s", 0)
     for name, r in results.items() if ours else ():
         if not name.startswith("modstream"):
