@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import IO
+from typing import IO, Any
 
 import click
 
@@ -280,6 +280,164 @@ def models_check(ctx: click.Context, registry: str | None) -> None:
             click.echo(f"{model.spec.name}\t{model.spec.modality}\t{','.join(model.providers)}\tok")
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+# ---- policy, review, deadlines, transparency -------------------------------------------
+@main.group()
+def policy() -> None:
+    """Moderation policy files."""
+
+
+def _load_policy(ctx: click.Context, path: str) -> Any:
+    from pathlib import Path
+
+    from pipeline.models.registry import DEFAULT_REGISTRY, RegistryError, load_registry
+    from pipeline.policy.engine import PolicyError, load_policy
+
+    settings: Settings = ctx.obj
+    try:
+        specs = load_registry(Path(settings.models) if settings.models else DEFAULT_REGISTRY)
+        thresholds = {(s.name, label): t for s in specs for label, t in s.thresholds.items()}
+        return load_policy(Path(path), thresholds)
+    except (PolicyError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def policy_check(ctx: click.Context, file: str) -> None:
+    """Validate a policy FILE."""
+    p = _load_policy(ctx, file)
+    click.echo(f"ok: policy {p.policy_id} version {p.version}, {len(p.rules)} rules, default {p.default.action}")
+
+
+@policy.command("test")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("cases", type=click.File("r"))
+@click.pass_context
+def policy_test(ctx: click.Context, file: str, cases: IO[str]) -> None:
+    """Run CASES (JSON lines: {"name", "record", "reports"?, "expect": {"action", "rule"?}}) through FILE."""
+    from pipeline.policy.engine import Facts
+    from pipeline.serde import SchemaSet
+    from pipeline.serde.avro import EncodeError
+    from pipeline.serde.json_form import from_json
+
+    p, schemas, failed, total = _load_policy(ctx, file), SchemaSet(), 0, 0
+    for lineno, line in enumerate(cases, 1):
+        if not line.strip():
+            continue
+        total += 1
+        try:
+            case = json.loads(line)
+            record = from_json(schemas, "ModerationRecord", case["record"])
+        except (json.JSONDecodeError, KeyError, EncodeError) as exc:
+            raise click.ClickException(f"case on line {lineno}: {exc}") from exc
+        outcome = p.evaluate(Facts(record, case.get("reports"), bool(case.get("incident_active"))))
+        expect = case.get("expect", {})
+        ok = outcome.rule.action == expect.get("action", outcome.rule.action) and outcome.rule.id == expect.get(
+            "rule", outcome.rule.id
+        )
+        failed += not ok
+        click.echo(f"{'PASS' if ok else 'FAIL'} {case.get('name', f'line {lineno}')}: {outcome.explanation}")
+    click.echo(f"{total - failed} passed, {failed} failed")
+    if failed:
+        sys.exit(1)
+
+
+@main.group()
+def review() -> None:
+    """The human review queue."""
+
+
+@review.command("list")
+@click.option("--limit", type=int, default=50)
+@click.pass_context
+def review_list(ctx: click.Context, limit: int) -> None:
+    """Open review tasks, most urgent first."""
+    from datetime import UTC, datetime
+
+    from pipeline.policy.review import open_tasks
+
+    for t in open_tasks(settings_of(ctx))[:limit]:
+        due = datetime.fromtimestamp(t["deadline"] / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+        what = t["envelope"].get("content_id") or t["envelope"].get("stream_id")
+        click.echo(f"{t['task_id']}  p{t['priority']:<3} due {due}  {what}  {t['reason']}")
+
+
+@review.command("decide")
+@click.argument("task_id")
+@click.argument("action", type=click.Choice(["allow", "remove", "restrict", "end_stream"]))
+@click.option("--category", default=None)
+@click.option("--note", default="")
+@click.option("--reviewer", envvar="USER", default="reviewer")
+@click.pass_context
+def review_decide(
+    ctx: click.Context, task_id: str, action: str, category: str | None, note: str, reviewer: str
+) -> None:
+    """Record a verdict on TASK_ID; decide turns it into the final decision."""
+    from pipeline.policy.review import decide
+
+    try:
+        decide(settings_of(ctx), task_id, action, reviewer, category, note)
+    except KeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"verdict {action} on {task_id} recorded")
+
+
+@main.command()
+@click.option("--interval", type=float, default=30.0, show_default=True)
+@click.option("--once", is_flag=True, help="Check once and exit.")
+@click.option(
+    "--warn-hours", type=float, default=4.0, show_default=True, help="Escalate this long before the deadline."
+)
+@click.pass_context
+def escalate(ctx: click.Context, interval: float, once: bool, warn_hours: float) -> None:
+    """Create urgent review tasks for reported items nearing their 24-hour deadline."""
+    import time
+
+    from pipeline.policy.deadlines import DeadlineEscalator
+    from pipeline.runtime.app import connect_redis
+    from pipeline.sdk import ModerationProducer
+    from pipeline.state.reports import RedisReportStore
+
+    settings = settings_of(ctx)
+    escalator = DeadlineEscalator(RedisReportStore(connect_redis(settings.redis_url)), int(warn_hours * 3_600_000))
+    producer = ModerationProducer(settings)
+    while True:
+        tasks = escalator.run_once()
+        for task in tasks:
+            producer.send("review", task.value or {}, key=str(task.key))
+        producer.flush()
+        if tasks:
+            click.echo(f"escalated {len(tasks)} item(s)")
+        if once:
+            return
+        time.sleep(interval)
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--chart", type=click.Path(dir_okay=False), default=None, help="Also write an HTML chart here.")
+@click.pass_context
+def report(ctx: click.Context, fmt: str, chart: str | None) -> None:
+    """The transparency report: actions per category, time to action, reported items within 24 h."""
+    from pathlib import Path
+
+    from pipeline.policy.transparency import build_report, format_html, format_text
+    from pipeline.records import now_ms
+    from pipeline.runtime.reader import read_all
+
+    settings = settings_of(ctx)
+    data = build_report(
+        read_all(settings, "decisions"),
+        read_all(settings, "reports"),
+        read_all(settings, "enforcement.results"),
+        now_ms(),
+    )
+    click.echo(json.dumps(data, indent=2) if fmt == "json" else format_text(data))
+    if chart:
+        Path(chart).write_text(format_html(data))
 
 
 # ---- demo ---------------------------------------------------------------------

@@ -89,6 +89,12 @@ class Settings:
     onnx_threads: int = 1
     classify_skip_matched: bool = True
     classify_skip_distance: int = 16
+    # deciding (decide)
+    policy: str = ""  # policy file; empty: the built-in one
+    report_aggregation: bool = True
+    # enforcing
+    webhook_url: str = ""
+    webhook_retries: int = 5
     state_dir: Path = field(default_factory=default_state_dir)
     kafka_extra: dict[str, str] = field(default_factory=dict)
 
@@ -134,6 +140,10 @@ class Settings:
             onnx_threads=int(get("ONNX_THREADS", str(base.onnx_threads))),
             classify_skip_matched=get("CLASSIFY_SKIP_MATCHED", "1").lower() not in ("0", "false", "no"),
             classify_skip_distance=int(get("CLASSIFY_SKIP_DISTANCE", str(base.classify_skip_distance))),
+            policy=get("POLICY"),
+            webhook_url=get("WEBHOOK_URL"),
+            webhook_retries=int(get("WEBHOOK_RETRIES", str(base.webhook_retries))),
+            report_aggregation=get("REPORT_AGGREGATION", "1").lower() not in ("0", "false", "no"),
             state_dir=Path(get("STATE_DIR", str(base.state_dir))),
             kafka_extra={str(k): str(v) for k, v in extra.items()},
         )

@@ -58,7 +58,10 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print, timeout_s:
             )
             sent[producer.send_upload(f"{run_id}-banned", "mallory", media=banned, text="watch this")] = "banned image"
             sent[producer.send_upload(f"{run_id}-text", "bob", text="lovely weather today")] = "text only"
-            sent[producer.send_report(f"{run_id}-holiday", "carol", "hate", text="offensive?")] = "user report"
+            for reporter in ("carol", "dave", "erin"):  # three distinct reporters: one review task
+                sent[producer.send_report(f"{run_id}-holiday", reporter, "hate", text="offensive?")] = (
+                    f"report by {reporter}"
+                )
         echo(f"sent {len(sent)} events; waiting for decisions")
         seen |= _print_decisions(settings, sent, echo, timeout_s)
         copy = encode(ImageOps.mirror(banned_image).resize((480, 360)), quality=60)

@@ -3,7 +3,8 @@
 An enforcement service subscribes by action with one handler per action. For
 each decision, the handler is called (retrying with backoff); its outcome is
 published as an EnforcementResult. A decision whose handler still fails after
-the retries is published as a failed result and dead-lettered. Handlers must
+the retries (or that raises PermanentError) is published as a failed result and
+dead-lettered. Handlers must
 be idempotent on `decision_id`: delivery is at-least-once.
 """
 
@@ -19,9 +20,14 @@ from pipeline.runtime.runner import Runner
 
 logger = logging.getLogger(__name__)
 
+
+class PermanentError(Exception):
+    """Raised by a handler when retrying cannot help (the platform refused the action)."""
+
+
 # A handler acts on one decision and returns a short description of what it did.
 Handler = Callable[[Record], str]
-ACTIONS = ("allow", "remove", "review", "restrict", "end_stream")
+ACTIONS = ("allow", "remove", "review", "restrict", "end_stream", "pending")
 
 
 class EnforceStage:
@@ -69,6 +75,8 @@ class EnforceStage:
                 return attempt, handler(d), True
             except Exception as exc:  # a handler's failure is reported, retried, then dead-lettered
                 detail = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, PermanentError):
+                    return attempt, detail, False
                 logger.warning(
                     "%s: %s on %s failed (attempt %d): %s",
                     self.name,

@@ -15,9 +15,12 @@ from typing import Any
 from pipeline.banks.follower import BankFollower
 from pipeline.banks.table import BankTable, MatchConfig
 from pipeline.config import Settings
+from pipeline.enforce.account import AccountEnforcer
 from pipeline.enforce.consumer import EnforceStage
 from pipeline.enforce.logging_enforcer import handlers as logging_handlers
+from pipeline.enforce.webhook import WebhookEnforcer
 from pipeline.models.registry import DEFAULT_REGISTRY, OnnxModel, Threshold, load_models, load_registry
+from pipeline.policy.engine import DEFAULT_POLICY, Policy, load_policy
 from pipeline.records import Stage
 from pipeline.runtime.runner import Runner
 from pipeline.serde import Codec
@@ -28,11 +31,12 @@ from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import EnrichStage
 from pipeline.stages.match import MatchStage
 from pipeline.state.accounts import RedisAccountStore
+from pipeline.state.reports import RedisReportStore
 
 logger = logging.getLogger(__name__)
 
 PIPELINE = ("enrich", "match", "classify", "decide")
-ENFORCERS = ("enforce-log",)
+ENFORCERS = ("enforce-log", "enforce-account", "enforce-webhook")
 STAGES = PIPELINE + ENFORCERS
 
 
@@ -96,6 +100,12 @@ class App:
         path = Path(self.settings.models) if self.settings.models else DEFAULT_REGISTRY
         return {(spec.name, label): t for spec in load_registry(path) for label, t in spec.thresholds.items()}
 
+    def policy(self) -> Policy:
+        return load_policy(Path(self.settings.policy) if self.settings.policy else DEFAULT_POLICY, self.thresholds())
+
+    def report_store(self) -> RedisReportStore:
+        return RedisReportStore(self.redis)
+
     def banks(self) -> BankTable:
         if self._banks is None:
             self._banks = BankTable(self.match_config())
@@ -106,13 +116,30 @@ class App:
 
     def build(self, name: str) -> Stage:
         builders: dict[str, Callable[[], Stage]] = {
-            "enrich": lambda: EnrichStage(RedisAccountStore(self.redis), self.fetcher(), self.media_limits()),
+            "enrich": lambda: EnrichStage(
+                RedisAccountStore(self.redis), self.fetcher(), self.media_limits(), content=self.report_store()
+            ),
             "match": lambda: MatchStage(self.banks()),
             "classify": lambda: ClassifyStage(
                 self.models(), self.settings.classify_skip_matched, self.settings.classify_skip_distance
             ),
-            "decide": lambda: DecideStage(removed_bank=self.settings.removed_bank, thresholds=self.thresholds()),
+            "decide": lambda: DecideStage(
+                self.policy(),
+                self.report_store() if self.settings.report_aggregation else None,
+                removed_bank=self.settings.removed_bank,
+            ),
             "enforce-log": lambda: EnforceStage("log", logging_handlers(), self.settings.topic_prefix),
+            "enforce-account": lambda: EnforceStage(
+                "account",
+                dict.fromkeys(("remove", "end_stream", "restrict"), AccountEnforcer(RedisAccountStore(self.redis))),
+                self.settings.topic_prefix,
+            ),
+            "enforce-webhook": lambda: EnforceStage(
+                "webhook",
+                dict.fromkeys(("remove", "end_stream", "restrict"), WebhookEnforcer(self.settings.webhook_url)),
+                self.settings.topic_prefix,
+                retries=self.settings.webhook_retries,
+            ),
         }
         if name not in builders:
             raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGES)} or all")
@@ -121,7 +148,7 @@ class App:
     def runners(self, names: list[str]) -> list[Runner]:
         """One runner for the named pipeline stages (fused when several), one per enforcer."""
         if names == ["all"]:
-            names = list(STAGES)
+            names = [*PIPELINE, "enforce-log", "enforce-account"]
         chain = [n for n in PIPELINE if n in names]
         runners = [Runner(self.settings, [self.build(n) for n in chain], self.codec)] if chain else []
         for n in names:

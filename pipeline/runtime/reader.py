@@ -98,3 +98,31 @@ def read_table(
     finally:
         consumer.close()
     return table
+
+
+def read_all(settings: Settings, topic: str, codec: Codec | None = None, timeout_s: float = 60.0) -> list[Record]:
+    """Every decodable record of a topic as it stands now (to the current end of each partition)."""
+    codec = codec or Codec(registry_url=settings.schema_registry_url)
+    name = settings.topic(topic)
+    consumer = Consumer(settings.consumer_config(None))
+    records: list[Record] = []
+    try:
+        partitions = list(consumer.list_topics(name, timeout=timeout_s).topics[name].partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)[1] for p in partitions}
+        pending = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in pending])
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.2):
+                if msg.error():
+                    continue
+                value = _value(codec, TOPICS[topic], msg.value(), as_json=False)
+                if value is not None and "_undecodable" not in value:
+                    records.append(value)
+                if int(msg.offset() or 0) + 1 >= ends[int(msg.partition() or 0)]:
+                    pending.discard(int(msg.partition() or 0))
+        if pending:
+            raise TimeoutError(f"{name} not read to its end within {timeout_s} s")
+    finally:
+        consumer.close()
+    return records

@@ -1,45 +1,37 @@
-"""decide: turns a matched record into a Decision that names its rule and evidence.
+"""decide: evaluates the policy on each record and emits a Decision that explains itself,
+plus what the decision entails: a review task, the removed item's hashes for the
+`removed` bank (permanent removal), hash signals for partners.
 
-Built-in rules, first match wins:
-1. `bank-match`: any bank match removes the item (ends a live stream).
-2. `classifier-remove`: a classifier score at or above its label's `remove`
-   threshold removes the item.
-3. `report-needs-review`: a report with no matching signal goes to human
-   review, with a deadline 24 hours after the report.
-4. `classifier-review`: a score at or above its label's `review` threshold
-   sends the item to human review.
-5. `unhashable-media`: media that could not be fetched or hashed goes to review:
-   what cannot be checked is not waved through.
-6. `default-allow`: anything else is allowed.
-Thresholds come from the model registry; the Decision lists those that fired.
-
-Permanent removal: when an item is removed, its hashes (exact, PDQ, video
-frames) are banked in the `removed` bank, so a re-upload, even a transformed
-copy, is matched at upload time.
+Reports are aggregated per item (distinct reporters, their trust, reasons) before the
+policy sees them; a burst creates one review task per item, however many reports follow.
+Every reported item has a deadline 24 hours after its first report; a final decision on
+it records when it was actioned. Review verdicts (`mod.review.verdicts`) become final
+Decisions and update the trust of the item's reporters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from pipeline.models.registry import Threshold
+from pipeline.policy.engine import Facts, Outcome, Policy
 from pipeline.records import Incoming, Output, Record, now_ms, record_key, stable_id, subject_key
+from pipeline.state.reports import DAY_MS
 
-POLICY_ID = "builtin"
-POLICY_VERSION = "1"
-REPORT_DEADLINE_MS = 24 * 3600 * 1000
-SEVERITY_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+BANKABLE = frozenset({"md5", "sha256", "pdq", "video_pdq"})
+FINAL = frozenset({"allow", "remove", "restrict", "end_stream"})
+UPHELD = frozenset({"remove", "restrict", "end_stream"})
 
 
-def decision(record: Record, action: str, rule_id: str, explanation: str, **extra: object) -> Record:
+def decision(record: Record, policy: Policy, action: str, rule_id: str, explanation: str, **extra: Any) -> Record:
     return {
-        "decision_id": stable_id(record["envelope"]["event_id"], POLICY_ID, POLICY_VERSION),
+        "decision_id": stable_id(record["envelope"]["event_id"], policy.policy_id, policy.version),
         "envelope": record["envelope"],
         "kind": record["kind"],
         "action": action,
         "decided_at": now_ms(),
-        "policy_id": POLICY_ID,
-        "policy_version": POLICY_VERSION,
+        "policy_id": policy.policy_id,
+        "policy_version": policy.version,
         "rule_id": rule_id,
         "explanation": explanation,
         "category": None,
@@ -48,18 +40,16 @@ def decision(record: Record, action: str, rule_id: str, explanation: str, **extr
         "matches": record["matches"],
         "scores": record["scores"],
         "thresholds": {},
+        "effects": [],
         **extra,
     }
 
 
-BANKABLE = frozenset({"md5", "sha256", "pdq", "video_pdq"})
-
-
-def removal_entries(record: Record, d: Record, bank: str) -> list[Output]:
+def removal_entries(signals: list[Record], d: Record, bank: str) -> list[Output]:
     """BankEntry outputs for the hashes of a removed item."""
-    item = subject_key(record["envelope"])
+    item = subject_key(d["envelope"])
     entries = []
-    for s in record["signals"]:
+    for s in signals:
         if s["signal_type"] not in BANKABLE:
             continue
         entry = {
@@ -68,7 +58,7 @@ def removal_entries(record: Record, d: Record, bank: str) -> list[Output]:
             "hash": s["value"],
             "category": d["category"] or "removed",
             "severity": d["severity"] or "high",
-            "source": f"{record['envelope']['platform_id']}:decision:{d['decision_id']}",
+            "source": f"{d['envelope']['platform_id']}:decision:{d['decision_id']}",
             "added_at": d["decided_at"],
             "item_id": item if s["signal_type"] == "video_pdq" else None,
         }
@@ -76,109 +66,126 @@ def removal_entries(record: Record, d: Record, bank: str) -> list[Output]:
     return entries
 
 
+def shared_signals(signals: list[Record], d: Record) -> list[Output]:
+    """Hash signals for partner platforms: hashes and labels only, no content, no user data."""
+    out = []
+    for s in signals:
+        if s["signal_type"] in BANKABLE:
+            signal = {
+                "signal_type": s["signal_type"],
+                "hash": s["value"],
+                "category": d["category"] or "removed",
+                "severity": d["severity"] or "high",
+                "source_platform": d["envelope"]["platform_id"],
+                "incident_id": None,
+                "shared_at": d["decided_at"],
+            }
+            out.append(Output("shared.signals", record_key("shared.signals", signal), signal))
+    return out
+
+
 class DecideStage:
     name = "decide"
 
     def __init__(
         self,
-        inputs: tuple[str, ...] = ("classified",),
+        policy: Policy,
+        reports: Any = None,  # a ReportStore (and ContentStore); None disables report aggregation
         removed_bank: str = "removed",
-        thresholds: Mapping[tuple[str, str], Threshold] | None = None,
+        inputs: tuple[str, ...] = ("classified", "review.verdicts"),
+        incident_active: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.inputs = inputs
+        self.policy = policy
+        self.reports = reports
         self.removed_bank = removed_bank
-        self.thresholds = dict(thresholds or {})  # (model, label) -> Threshold
-
-    def fired(self, record: Record, kind: str) -> list[tuple[Record, float]]:
-        """(score, threshold) pairs at or above their `kind` threshold ("review" or "remove"),
-        highest score first."""
-        out = []
-        for s in record["scores"]:
-            t = self.thresholds.get((s["model"], s["label"]))
-            limit = getattr(t, kind) if t else None
-            if limit is not None and s["score"] >= limit:
-                out.append((s, limit))
-        return sorted(out, key=lambda f: -f[0]["score"])
-
-    def _classifier(self, record: Record, action: str, kind: str) -> Record | None:
-        fired = self.fired(record, kind)
-        if not fired:
-            return None
-        top, limit = fired[0]
-        return decision(
-            record,
-            action,
-            f"classifier-{kind}",
-            f"{action}: {top['model']} scored {top['label']} {top['score']:.2f} (>= {kind} threshold {limit})",
-            category=top["label"],
-            thresholds={f"{s['model']}/{s['label']}.{kind}": t for s, t in fired},
-        )
+        self.inputs = inputs
+        self.incident_active = incident_active
 
     def process(self, batch: Sequence[Incoming]) -> list[Output]:
+        records = [r.value for r in batch if r.topic != "review.verdicts"]
+        reported = [r for r in records if r["kind"] == "report" and r["envelope"].get("content_id")]
+        aggregates: dict[str, dict[str, Any]] = {}
+        if self.reports is not None and reported:
+            for r, agg in zip(reported, self.reports.add_reports([r["report"] for r in reported]), strict=True):
+                aggregates[r["envelope"]["event_id"]] = agg
+        incident = self.incident_active()
         out: list[Output] = []
         for incoming in batch:
-            out.extend(self.decide(incoming.value))
+            if incoming.topic == "review.verdicts":
+                out += self.verdict(incoming.value)
+            else:
+                agg = aggregates.get(incoming.value["envelope"]["event_id"])
+                out += self.decide(incoming.value, agg, incident)
         return out
 
-    @staticmethod
-    def _review_task(record: Record, d: Record, priority: int, reason: str) -> Output:
+    def decide(self, record: Record, agg: dict[str, Any] | None = None, incident: bool = False) -> list[Output]:
+        outcome = self.policy.evaluate(Facts(record, agg, incident))
+        rule = outcome.rule
+        d = decision(
+            record,
+            self.policy,
+            rule.action,
+            rule.id,
+            outcome.explanation,
+            category=outcome.category,
+            severity=outcome.severity,
+            thresholds=outcome.thresholds,
+            effects=list(rule.effects),
+        )
+        out = [Output("decisions", subject_key(record["envelope"]), d)]
+        if rule.action == "review":
+            out += self._review(record, d, outcome, agg)
+        if "bank" in rule.effects and rule.action in UPHELD:
+            out += removal_entries(record["signals"], d, self.removed_bank)
+        if "share" in rule.effects and rule.action in UPHELD:
+            out += shared_signals(record["signals"], d)
+        if rule.action in FINAL and self.reports is not None and record["envelope"].get("content_id"):
+            self.reports.resolve(record["envelope"]["content_id"], d["decided_at"])
+        return out
+
+    def _review(self, record: Record, d: Record, outcome: Outcome, agg: dict[str, Any] | None) -> list[Output]:
+        content_id = record["envelope"].get("content_id")
+        if agg is not None and self.reports is not None and content_id and not self.reports.claim_review(content_id):
+            return []  # this item already has its review task
+        deadline = agg["deadline"] if agg else record["envelope"]["occurred_at"] + DAY_MS
         task = {
             "task_id": stable_id(d["decision_id"], "review"),
             "envelope": record["envelope"],
-            "priority": priority,
-            "deadline": record["envelope"]["occurred_at"] + REPORT_DEADLINE_MS,
-            "reason": reason,
+            "priority": outcome.rule.review_priority,
+            "deadline": deadline,
+            "reason": d["explanation"],
             "decision_id": d["decision_id"],
             "created_at": now_ms(),
         }
-        return Output("review", subject_key(record["envelope"]), task)
+        return [Output("review", subject_key(record["envelope"]), task)]
 
-    def decide(self, record: Record) -> list[Output]:
-        key = subject_key(record["envelope"])
-        if record["matches"]:
-            worst = max(record["matches"], key=lambda m: SEVERITY_ORDER.get(m["severity"], 0))
-            action = "end_stream" if record["kind"] == "live" else "remove"
-            what = f"{worst['signal_type']} {worst['hash'][:16]}… in bank {worst['bank']!r}"
-            d = decision(
-                record,
-                action,
-                "bank-match",
-                f"{action}: {len(record['matches'])} bank match(es); "
-                f"worst {what} ({worst['category']}, {worst['severity']})",
-                category=worst["category"],
-                severity=worst["severity"],
-            )
-            return [Output("decisions", key, d), *removal_entries(record, d, self.removed_bank)]
-        removal = self._classifier(record, "remove", "remove")
-        if removal is not None:
-            return [Output("decisions", key, removal), *removal_entries(record, removal, self.removed_bank)]
-        if record["kind"] == "report":
-            report = record["report"]
-            d = decision(
-                record,
-                "review",
-                "report-needs-review",
-                f"reported for {report['reason']} with no matching signal: human review within 24 h",
-                category=report["reason"],
-            )
-            task = self._review_task(record, d, priority=1, reason=f"report: {report['reason']}")
-            return [Output("decisions", key, d), task]
-        review = self._classifier(record, "review", "review")
-        if review is not None:
-            return [
-                Output("decisions", key, review),
-                self._review_task(record, review, priority=1, reason=review["explanation"]),
-            ]
-        if record["media_error"]:
-            d = decision(
-                record,
-                "review",
-                "unhashable-media",
-                f"media could not be checked ({record['media_error']}): human review",
-            )
-            return [
-                Output("decisions", key, d),
-                self._review_task(record, d, priority=0, reason="unhashable media"),
-            ]
-        d = decision(record, "allow", "default-allow", "no bank match and no other signal")
-        return [Output("decisions", key, d)]
+    def verdict(self, v: Record) -> list[Output]:
+        env = v["envelope"]
+        record = {
+            "envelope": env,
+            "kind": "live" if env.get("stream_id") and not env.get("content_id") else "upload",
+            "signals": [],
+            "matches": [],
+            "scores": [],
+        }
+        content_id = env.get("content_id")
+        if self.reports is not None and content_id:
+            [stored] = self.reports.recall_content([content_id])
+            record["signals"] = (stored or {}).get("signals", [])
+        d = decision(
+            record,
+            self.policy,
+            v["action"],
+            "human-review",
+            f"{v['action']} by reviewer {v['reviewer']}" + (f": {v['note']}" if v["note"] else ""),
+            category=v["category"],
+            effects=["bank", "strike"] if v["action"] in UPHELD else [],
+        )
+        d["decision_id"] = stable_id(v["task_id"], "verdict")
+        out = [Output("decisions", subject_key(env), d)]
+        if v["action"] in UPHELD:
+            out += removal_entries(record["signals"], d, self.removed_bank)
+        if self.reports is not None and content_id:
+            self.reports.verdict(content_id, v["action"] in UPHELD, v["task_id"])
+            self.reports.resolve(content_id, d["decided_at"])
+        return out

@@ -13,6 +13,7 @@ from pipeline.records import now_ms, record_key
 from pipeline.runtime.app import connect_redis
 from pipeline.sdk import ModerationProducer
 from pipeline.serde import Codec
+from pipeline.policy.engine import load_policy
 from pipeline.stages.classify import ClassifyStage
 from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import EnrichStage
@@ -45,7 +46,7 @@ def bank(producer: ModerationProducer, media: bytes, bank_name: str = "tvec") ->
 def pipeline_stages(settings: Settings, banks: BankTable) -> list[object]:
     # No classifier models here: classify passes records through (test_classify.py has them).
     accounts = RedisAccountStore(connect_redis(settings.redis_url))
-    return [EnrichStage(accounts), MatchStage(banks), ClassifyStage([]), DecideStage()]
+    return [EnrichStage(accounts), MatchStage(banks), ClassifyStage([]), DecideStage(load_policy())]
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def test_bad_records_go_to_dlq_and_neighbours_are_processed(settings: Settings, 
     follower.wait_caught_up()
     producer = ModerationProducer(settings)
     enrich = EnrichStage(ExplodingAccounts(connect_redis(settings.redis_url)))
-    with running(settings, [enrich, MatchStage(table), ClassifyStage([]), DecideStage()]):
+    with running(settings, [enrich, MatchStage(table), ClassifyStage([]), DecideStage(load_policy())]):
         first = producer.send_upload("c-1", "u1", media=CLEAN)
         producer.send_raw("uploads", b"c-garbage", b"this is not avro")
         producer.send_raw("uploads", b"c-json", b'{"envelope": "json is not the wire format"}')

@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable
 
 from pipeline.banks.table import BankTable
+from pipeline.policy.engine import load_policy
 from pipeline.enforce.consumer import EnforceStage
 from pipeline.records import Incoming, Record, envelope
 from pipeline.stages.decide import DecideStage
@@ -15,6 +16,7 @@ from pipeline.state.accounts import account_context
 from tests.media import encode, photo
 
 MEDIA = encode(photo(1, (160, 120)))
+POLICY = load_policy()
 
 
 class FakeAccounts:
@@ -31,9 +33,9 @@ def upload(media: bytes | None = MEDIA, **kw: object) -> Incoming:
     )
 
 
-def report() -> Incoming:
-    env = envelope("p", content_id="c1", user_id="owner")
-    return Incoming("reports", b"c1", {"envelope": env, "reporter_id": "r1", "reason": "terrorism", "text": None})
+def report(reporter: str = "r1", content_id: str = "c1") -> Incoming:
+    env = envelope("p", content_id=content_id, user_id="owner")
+    return Incoming("reports", b"c1", {"envelope": env, "reporter_id": reporter, "reason": "terrorism", "text": None})
 
 
 def bank() -> BankTable:
@@ -81,9 +83,10 @@ def test_enrich_says_why_media_by_reference_is_unhashed() -> None:
 
 
 def test_banned_media_is_removed_with_its_evidence() -> None:
-    stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage())
+    stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage(POLICY))
     [d] = through(*stages, record=upload(), topic="decisions")
-    assert d["action"] == "remove" and d["rule_id"] == "bank-match"
+    assert d["action"] == "remove" and d["rule_id"] == "bank-match-severe"
+    assert d["effects"] == ["bank", "share", "strike", "suspend_live"]
     assert d["matches"][0]["bank"] == "b" and d["category"] == "terrorism" and d["severity"] == "critical"
     assert d["policy_id"] and d["policy_version"] and "bank 'b'" in d["explanation"]
     [again] = through(*stages, record=upload(), topic="decisions")
@@ -91,7 +94,7 @@ def test_banned_media_is_removed_with_its_evidence() -> None:
 
 
 def test_removal_banks_the_hashes_of_the_removed_item() -> None:
-    stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage(removed_bank="gone"))
+    stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage(POLICY, removed_bank="gone"))
     entries = through(*stages, record=upload(), topic="banks")
     assert {(e["bank"], e["signal_type"]) for e in entries} == {
         ("gone", "md5"),
@@ -102,18 +105,16 @@ def test_removal_banks_the_hashes_of_the_removed_item() -> None:
 
 
 def test_clean_media_allowed_and_decision_id_is_stable_per_event() -> None:
-    stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage())
+    stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage(POLICY))
     record = upload(media=encode(photo(2, (160, 120))))
     [d1] = through(*stages, record=record, topic="decisions")
     [d2] = through(*stages, record=record, topic="decisions")
     assert d1["action"] == "allow" and d1["decision_id"] == d2["decision_id"]
 
 
-def test_report_without_evidence_goes_to_review_within_24h() -> None:
-    decision, task = through(EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage(), record=report())
-    assert decision["action"] == "review"
-    assert task["deadline"] - task["envelope"]["occurred_at"] == 24 * 3600 * 1000
-    assert task["decision_id"] == decision["decision_id"]
+def test_single_report_without_evidence_is_pending() -> None:
+    [decision] = through(EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage(POLICY), record=report())
+    assert decision["action"] == "pending" and decision["rule_id"] == "report-pending"
 
 
 def test_bank_table_latest_wins_and_tombstones() -> None:
@@ -150,3 +151,62 @@ def test_enforce_stage_retries_then_fails() -> None:
     assert result.value is not None and result.value["status"] == "failed" and result.value["attempts"] == 3
     assert sleeps == [0.1, 0.2]
     assert dead.topic == "dlq" and dead.value is not None and dead.value["offset"] == 7
+
+
+class FakeReports:
+    """The ReportStore contract in memory (the Redis one is tested through the broker)."""
+
+    def __init__(self) -> None:
+        self.reporters: dict[str, set[str]] = {}
+        self.events: set[str] = set()
+        self.claimed: set[str] = set()
+        self.resolved: dict[str, int] = {}
+
+    def add_reports(self, reports: list[Record]) -> list[dict]:  # type: ignore[type-arg]
+        out = []
+        for r in reports:
+            cid = r["envelope"]["content_id"]
+            if r["envelope"]["event_id"] not in self.events:
+                self.events.add(r["envelope"]["event_id"])
+                self.reporters.setdefault(cid, set()).add(r["reporter_id"])
+            n = len(self.reporters[cid])
+            out.append(
+                {
+                    "distinct_reporters": n,
+                    "trust": 0.5 * n,
+                    "reasons": {r["reason"]: n},
+                    "deadline": r["envelope"]["occurred_at"] + 24 * 3600 * 1000,
+                }
+            )
+        return out
+
+    def claim_review(self, content_id: str) -> bool:
+        first = content_id not in self.claimed
+        self.claimed.add(content_id)
+        return first
+
+    def resolve(self, content_id: str, actioned_at: int) -> None:
+        self.resolved.setdefault(content_id, actioned_at)
+
+
+def decide_reports(stage: DecideStage, reports: list[Incoming]) -> list[tuple[str, Record]]:
+    enriched = EnrichStage(FakeAccounts()).process(reports)
+    outputs = stage.process([Incoming("classified", None, o.value) for o in enriched])
+    return [(o.topic, o.value) for o in outputs]  # type: ignore[misc]
+
+
+def test_a_burst_of_distinct_reporters_creates_one_prioritised_review_task() -> None:
+    stage = DecideStage(POLICY, FakeReports())
+    outputs = decide_reports(stage, [report(f"r{i}") for i in range(5)])
+    tasks = [v for t, v in outputs if t == "review"]
+    actions = [v["action"] for t, v in outputs if t == "decisions"]
+    assert actions == ["pending", "pending", "review", "review", "review"]
+    assert len(tasks) == 1 and tasks[0]["priority"] == 8
+    assert tasks[0]["deadline"] - tasks[0]["envelope"]["occurred_at"] == 24 * 3600 * 1000
+
+
+def test_the_same_burst_from_one_reporter_counts_once() -> None:
+    stage = DecideStage(POLICY, FakeReports())
+    outputs = decide_reports(stage, [report("r1") for _ in range(5)])
+    assert [t for t, _ in outputs] == ["decisions"] * 5
+    assert {v["action"] for _, v in outputs} == {"pending"}

@@ -1,0 +1,1 @@
+"""Declarative moderation policy: versioned YAML rules evaluated by the decide stage."""

@@ -1,0 +1,300 @@
+"""The policy engine: a versioned YAML file of rules, evaluated first-match-wins.
+
+    policy_id: default
+    version: "4"
+    rules:                       # tried by priority (higher first), then file order
+      - id: bank-match-severe
+        when: {bank_match: {severity: [critical, high]}}
+        action: remove
+        effects: [bank, share, strike]
+    default: {id: default-allow, action: allow}
+
+A rule fires when every condition in `when` holds. Conditions:
+- kind: [upload, report, live];  live_event: [started, frame, ended]
+- bank_match: {category, severity, bank, signal_type: lists; max_distance: n}
+- score: {label, model (optional), at_least: a number, or `review` / `remove` for the
+  model registry's threshold of that label}
+- reports: {distinct_reporters_at_least: n, trust_at_least: x, reason: [..]}
+- account: {identity_verified: bool, strikes_at_least: n, live_suspended: bool}
+- media_error: true;  incident_active: true
+Actions: allow, remove, review, restrict, end_stream, pending (a report waiting for more
+reports or its deadline). Effects: bank (hashes to the removed bank), share (hash signals
+to partners), strike (the account enforcer adds a strike), suspend_live (and suspends
+live access). A rule may set review_priority for the review task it creates.
+
+An invalid file raises PolicyError naming the rule and the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.records import Record
+
+ACTIONS = ("allow", "remove", "review", "restrict", "end_stream", "pending")
+EFFECTS = ("bank", "share", "strike", "suspend_live")
+CONDITIONS = ("kind", "live_event", "bank_match", "score", "reports", "account", "media_error", "incident_active")
+DEFAULT_POLICY = Path(__file__).parent / "default.yaml"
+
+
+class PolicyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    action: str
+    when: Mapping[str, Any] = field(default_factory=dict)
+    effects: tuple[str, ...] = ()
+    priority: int = 0
+    review_priority: int = 1
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a rule can look at for one record."""
+
+    record: Record
+    reports: Mapping[str, Any] | None = None  # distinct_reporters, trust, reasons
+    incident_active: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    rule: Rule
+    explanation: str
+    category: str | None
+    severity: str | None
+    thresholds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Policy:
+    policy_id: str
+    version: str
+    rules: tuple[Rule, ...]
+    default: Rule
+    registry_thresholds: Mapping[tuple[str, str], Any] = field(default_factory=dict)  # (model, label) -> Threshold
+
+    def evaluate(self, facts: Facts) -> Outcome:
+        for rule in self.rules:
+            fired = _fires(rule, facts, self.registry_thresholds)
+            if fired is not None:
+                return _outcome(rule, fired)
+        return _outcome(self.default, [])
+
+
+# ---- loading and validation ---------------------------------------------------------
+def load_policy(
+    path: Path = DEFAULT_POLICY, registry_thresholds: Mapping[tuple[str, str], Any] | None = None
+) -> Policy:
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PolicyError(f"cannot read policy {path}: {exc}") from exc
+    return parse_policy(doc, str(path), registry_thresholds or {})
+
+
+def parse_policy(
+    doc: Any, where: str = "policy", registry_thresholds: Mapping[tuple[str, str], Any] | None = None
+) -> Policy:
+    if not isinstance(doc, dict):
+        raise PolicyError(f"{where}: expected a mapping")
+    unknown = set(doc) - {"policy_id", "version", "rules", "default"}
+    if unknown:
+        raise PolicyError(f"{where}: unknown keys {sorted(unknown)}")
+    for key in ("policy_id", "version", "rules", "default"):
+        if key not in doc:
+            raise PolicyError(f"{where}: missing {key!r}")
+    if not isinstance(doc["rules"], list):
+        raise PolicyError(f"{where}: rules must be a list")
+    rules = [_rule(r, f"{where}: rule {i + 1}") for i, r in enumerate(doc["rules"])]
+    default = _rule(
+        {"id": "default", **doc["default"]} if isinstance(doc["default"], dict) else doc["default"], f"{where}: default"
+    )
+    if default.when:
+        raise PolicyError(f"{where}: the default rule takes no conditions")
+    ids = [r.id for r in rules] + [default.id]
+    if len(set(ids)) != len(ids):
+        raise PolicyError(f"{where}: rule ids must be unique: {ids}")
+    ordered = sorted(rules, key=lambda r: -r.priority)  # stable: file order among equals
+    return Policy(str(doc["policy_id"]), str(doc["version"]), tuple(ordered), default, dict(registry_thresholds or {}))
+
+
+def _rule(raw: Any, where: str) -> Rule:
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{where}: expected a mapping")
+    unknown = set(raw) - {"id", "when", "action", "effects", "priority", "review_priority"}
+    if unknown:
+        raise PolicyError(f"{where}: unknown keys {sorted(unknown)}")
+    if "id" not in raw or "action" not in raw:
+        raise PolicyError(f"{where}: needs an id and an action")
+    where = f"{where} ({raw['id']})"
+    if raw["action"] not in ACTIONS:
+        raise PolicyError(f"{where}: action {raw['action']!r} is not one of {ACTIONS}")
+    effects = tuple(raw.get("effects") or ())
+    if set(effects) - set(EFFECTS):
+        raise PolicyError(f"{where}: unknown effects {sorted(set(effects) - set(EFFECTS))}; known: {EFFECTS}")
+    when = raw.get("when") or {}
+    if not isinstance(when, dict):
+        raise PolicyError(f"{where}: when must be a mapping")
+    if set(when) - set(CONDITIONS):
+        raise PolicyError(f"{where}: unknown conditions {sorted(set(when) - set(CONDITIONS))}; known: {CONDITIONS}")
+    _check_conditions(when, where)
+    return Rule(
+        str(raw["id"]), raw["action"], when, effects, int(raw.get("priority", 0)), int(raw.get("review_priority", 1))
+    )
+
+
+_SHAPES: dict[str, set[str]] = {
+    "bank_match": {"category", "severity", "bank", "signal_type", "max_distance"},
+    "score": {"label", "model", "at_least"},
+    "reports": {"distinct_reporters_at_least", "trust_at_least", "reason"},
+    "account": {"identity_verified", "strikes_at_least", "live_suspended"},
+}
+
+
+def _check_conditions(when: Mapping[str, Any], where: str) -> None:
+    for name, shape in _SHAPES.items():
+        if name in when:
+            value = when[name]
+            if not isinstance(value, dict) or set(value) - shape:
+                raise PolicyError(f"{where}: {name} takes a mapping of {sorted(shape)}")
+    score = when.get("score")
+    if score is not None:
+        if "label" not in score or "at_least" not in score:
+            raise PolicyError(f"{where}: score needs a label and at_least")
+        if not isinstance(score["at_least"], int | float) and score["at_least"] not in ("review", "remove"):
+            raise PolicyError(f"{where}: score.at_least must be a number, review or remove")
+    for name in ("kind", "live_event"):
+        if name in when and not isinstance(when[name], list):
+            raise PolicyError(f"{where}: {name} takes a list")
+
+
+# ---- evaluation ------------------------------------------------------------------------
+Evidence = list[tuple[str, Any]]  # (condition, what satisfied it)
+
+
+def _fires(rule: Rule, facts: Facts, registry: Mapping[tuple[str, str], Any]) -> Evidence | None:
+    evidence = []
+    for name, cond in rule.when.items():
+        found = _CHECKS[name](cond, facts, registry)
+        if found is None or found is False:
+            return None
+        evidence.append((name, found))
+    return evidence
+
+
+def _kind(cond: list[str], facts: Facts, _: Any) -> Any:
+    return facts.record["kind"] if facts.record["kind"] in cond else None
+
+
+def _live_event(cond: list[str], facts: Facts, _: Any) -> Any:
+    live = facts.record.get("live")
+    return live["kind"] if live and live["kind"] in cond else None
+
+
+def _bank_match(cond: Mapping[str, Any], facts: Facts, _: Any) -> Any:
+    for m in sorted(facts.record["matches"], key=lambda m: m["distance"]):
+        if all(m[k] in cond[k] for k in ("category", "severity", "bank", "signal_type") if k in cond) and m[
+            "distance"
+        ] <= cond.get("max_distance", 256):
+            return m
+    return None
+
+
+def _score(cond: Mapping[str, Any], facts: Facts, registry: Mapping[tuple[str, str], Any]) -> Any:
+    for s in sorted(facts.record["scores"], key=lambda s: -s["score"]):
+        if s["label"] != cond["label"] or ("model" in cond and s["model"] != cond["model"]):
+            continue
+        limit = cond["at_least"]
+        if isinstance(limit, str):  # the registry's review or remove threshold for this label
+            limit = getattr(registry.get((s["model"], s["label"])), limit, None)
+            if limit is None:
+                continue
+        if s["score"] >= limit:
+            return (s, float(limit))
+    return None
+
+
+def _reports(cond: Mapping[str, Any], facts: Facts, _: Any) -> Any:
+    agg = facts.reports
+    if not agg:
+        return None
+    ok = (
+        agg["distinct_reporters"] >= cond.get("distinct_reporters_at_least", 0)
+        and agg["trust"] >= cond.get("trust_at_least", 0.0)
+        and ("reason" not in cond or any(r in cond["reason"] for r in agg["reasons"]))
+    )
+    return agg if ok else None
+
+
+def _account(cond: Mapping[str, Any], facts: Facts, _: Any) -> Any:
+    account = facts.record.get("account")
+    if not account:
+        return None
+    ok = all(account[k] == cond[k] for k in ("identity_verified", "live_suspended") if k in cond) and account[
+        "strikes"
+    ] >= cond.get("strikes_at_least", 0)
+    return account if ok else None
+
+
+def _media_error(cond: bool, facts: Facts, _: Any) -> Any:
+    return facts.record["media_error"] if bool(facts.record["media_error"]) == bool(cond) else None
+
+
+def _incident(cond: bool, facts: Facts, _: Any) -> Any:
+    return True if facts.incident_active == bool(cond) else None
+
+
+_CHECKS: dict[str, Callable[[Any, Facts, Mapping[tuple[str, str], Any]], Any]] = {
+    "kind": _kind,
+    "live_event": _live_event,
+    "bank_match": _bank_match,
+    "score": _score,
+    "reports": _reports,
+    "account": _account,
+    "media_error": _media_error,
+    "incident_active": _incident,
+}
+
+
+def _outcome(rule: Rule, evidence: Evidence) -> Outcome:
+    parts, category, severity, thresholds = [], None, None, {}
+    for name, found in evidence:
+        if name == "bank_match":
+            parts.append(
+                f"{found['signal_type']} match in bank {found['bank']!r} at distance {found['distance']} "
+                f"({found['category']}, {found['severity']})"
+            )
+            category, severity = found["category"], found["severity"]
+        elif name == "score":
+            s, limit = found
+            parts.append(f"{s['model']} scored {s['label']} {s['score']:.2f} >= {limit}")
+            thresholds[f"{s['model']}/{s['label']}"] = limit
+            category = category or s["label"]
+        elif name == "reports":
+            parts.append(
+                f"{found['distinct_reporters']} distinct reporter(s), trust {found['trust']:.2f}, "
+                f"reasons {', '.join(sorted(found['reasons']))}"
+            )
+            category = category or (
+                sorted(found["reasons"], key=lambda r: -found["reasons"][r])[0] if found["reasons"] else None
+            )
+        elif name == "account":
+            parts.append(
+                f"account verified={found['identity_verified']} strikes={found['strikes']} "
+                f"live_suspended={found['live_suspended']}"
+            )
+        elif name == "media_error":
+            parts.append(f"media could not be checked ({found})")
+        else:
+            parts.append(f"{name}={found}")
+    because = "; ".join(parts) if parts else "no other rule applied"
+    return Outcome(rule, f"{rule.action} by rule {rule.id}: {because}", category, severity, thresholds)

@@ -1,0 +1,132 @@
+"""The policy engine: validation, rule order, conditions, explanations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.models.registry import Threshold
+from pipeline.policy.engine import DEFAULT_POLICY, Facts, PolicyError, load_policy, parse_policy
+from pipeline.records import envelope
+
+
+def record(kind: str = "upload", **fields: Any) -> dict[str, Any]:
+    base = {
+        "envelope": envelope("p", content_id="c"),
+        "kind": kind,
+        "upload": None,
+        "report": None,
+        "live": None,
+        "account": None,
+        "signals": [],
+        "media_error": None,
+        "matches": [],
+        "scores": [],
+        "stages": [],
+    }
+    return {**base, **fields}
+
+
+def match(severity: str = "critical", category: str = "terrorism", distance: int = 0) -> dict[str, Any]:
+    return {
+        "bank": "b",
+        "signal_type": "pdq",
+        "hash": "0" * 64,
+        "distance": distance,
+        "category": category,
+        "severity": severity,
+        "source": "",
+        "item_id": None,
+        "score": None,
+    }
+
+
+REGISTRY = {("text-default", "violent_extremism"): Threshold(0.5, 0.9)}
+
+
+def test_default_policy_loads_and_is_versioned() -> None:
+    policy = load_policy(DEFAULT_POLICY, REGISTRY)
+    assert policy.policy_id == "default" and policy.version
+    assert policy.evaluate(Facts(record())).rule.id == "default-allow"
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"rules": [{"id": "x", "action": "obliterate"}]}, "action 'obliterate'"),
+        ({"rules": [{"id": "x", "action": "remove", "effects": ["email"]}]}, "unknown effects"),
+        ({"rules": [{"id": "x", "action": "remove", "when": {"moon_phase": "full"}}]}, "unknown conditions"),
+        (
+            {"rules": [{"id": "x", "action": "remove", "when": {"score": {"label": "hate"}}}]},
+            "needs a label and at_least",
+        ),
+        ({"rules": [{"id": "x", "action": "remove", "when": {"bank_match": {"colour": ["red"]}}}]}, "bank_match takes"),
+        ({"rules": [{"id": "x", "action": "remove"}, {"id": "x", "action": "allow"}]}, "unique"),
+        ({"version": None, "policy_id": "p"}, None),
+        ({"surprise": 1}, "unknown keys"),
+    ],
+)
+def test_invalid_policies_are_refused(change: dict[str, Any], reason: str | None) -> None:
+    doc = {**yaml.safe_load(DEFAULT_POLICY.read_text()), **change}
+    if reason is None:
+        del doc["version"]
+        reason = "missing 'version'"
+    with pytest.raises(PolicyError, match=reason):
+        parse_policy(doc)
+
+
+def test_rules_first_match_and_priority() -> None:
+    doc = {
+        "policy_id": "t",
+        "version": "2",
+        "default": {"id": "allow", "action": "allow"},
+        "rules": [
+            {"id": "any-match", "when": {"bank_match": {}}, "action": "review"},
+            {"id": "critical", "when": {"bank_match": {"severity": ["critical"]}}, "action": "remove", "priority": 10},
+        ],
+    }
+    policy = parse_policy(doc)
+    assert policy.evaluate(Facts(record(matches=[match("critical")]))).rule.id == "critical"
+    assert policy.evaluate(Facts(record(matches=[match("low")]))).rule.id == "any-match"
+
+
+def test_conditions_and_explanations() -> None:
+    policy = load_policy(DEFAULT_POLICY, REGISTRY)
+    scored = record(scores=[{"model": "text-default", "label": "violent_extremism", "score": 0.95}])
+    outcome = policy.evaluate(Facts(scored))
+    assert outcome.rule.id == "classifier-remove" and outcome.thresholds == {"text-default/violent_extremism": 0.9}
+    assert "scored violent_extremism 0.95 >= 0.9" in outcome.explanation
+    review = policy.evaluate(
+        Facts(record(scores=[{"model": "text-default", "label": "violent_extremism", "score": 0.6}]))
+    )
+    assert review.rule.id == "classifier-review-extremism" and review.rule.review_priority == 5
+    severe = policy.evaluate(Facts(record(matches=[match("critical")])))
+    assert severe.rule.action == "remove" and "suspend_live" in severe.rule.effects and severe.category == "terrorism"
+    live = {
+        "envelope": envelope("p", stream_id="s"),
+        "kind": "started",
+        "frame_index": None,
+        "frame_b64": None,
+        "text": None,
+    }
+    unverified = {"user_id": "u", "identity_verified": False, "strikes": 0, "live_suspended": False}
+    assert policy.evaluate(Facts(record("live", live=live, account=unverified))).rule.id == "live-unverified"
+    suspended = {**unverified, "identity_verified": True, "live_suspended": True}
+    assert policy.evaluate(Facts(record("live", live=live, account=suspended))).rule.id == "live-suspended"
+    verified = {**unverified, "identity_verified": True}
+    assert policy.evaluate(Facts(record("live", live=live, account=verified))).rule.id == "default-allow"
+    burst = {"distinct_reporters": 3, "trust": 1.5, "reasons": {"terrorism": 3}}
+    outcome = policy.evaluate(Facts(record("report"), burst))
+    assert outcome.rule.id == "report-burst" and outcome.category == "terrorism"
+    one = {"distinct_reporters": 1, "trust": 0.5, "reasons": {"terrorism": 5}}
+    assert policy.evaluate(Facts(record("report"), one)).rule.id == "report-pending"
+
+
+def test_policy_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "p.yaml"
+    bad.write_text("rules: [")
+    with pytest.raises(PolicyError, match="cannot read policy"):
+        load_policy(bad)
