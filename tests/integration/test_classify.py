@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from pipeline.banks.admin import media_entries, publish
 from pipeline.config import Settings
+from pipeline.policy.engine import DEFAULT_POLICY
 from pipeline.runtime.app import App
 from pipeline.sdk import ModerationProducer
 from tests.media import encode, photo
@@ -27,7 +29,13 @@ CONDEMNATION = "We condemn the terrorist attack at the festival and stand with t
 
 
 def test_text_and_image_classification_with_decide(settings: Settings, tmp_path: Path) -> None:
-    app = App(settings.with_(models=str(registry_with_image_model(tmp_path))))
+    # The platform's policy adds a rule for its image model's label, at the registry's threshold.
+    policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+    policy["rules"].append(
+        {"id": "image-bright", "when": {"score": {"label": "bright", "at_least": "review"}}, "action": "review"}
+    )
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    app = App(settings.with_(models=str(registry_with_image_model(tmp_path)), policy=str(tmp_path / "policy.yaml")))
     banned = photo(1200)
     publish(settings, media_entries(encode(banned), "tvec", "terrorism", "critical", "gifct", "img-1200"))
     producer = ModerationProducer(settings)
@@ -50,15 +58,15 @@ def test_text_and_image_classification_with_decide(settings: Settings, tmp_path:
         ve = next(s["score"] for s in d[name]["scores"] if s["label"] == "violent_extremism")
         assert ve >= 0.5, (name, d[name]["scores"])
         assert d[name]["action"] in ("remove", "review"), name
-        assert d[name]["rule_id"] in ("classifier-remove", "classifier-review")
+        assert d[name]["rule_id"] in ("classifier-remove", "classifier-review-extremism")
         assert d[name]["category"] == "violent_extremism"
         assert any(k.startswith("text-default/violent_extremism") for k in d[name]["thresholds"])
     for name in ("news", "condemnation"):
         assert d[name]["action"] == "allow", (name, d[name]["scores"])
-    assert d["banked"]["action"] == "remove" and d["banked"]["rule_id"] == "bank-match"
+    assert d["banked"]["action"] == "remove" and d["banked"]["rule_id"] == "bank-match-severe"
     assert d["banked"]["scores"] == []  # confident bank match: not classified
-    assert d["bright"]["action"] == "review" and d["bright"]["rule_id"] == "classifier-review"
-    assert d["bright"]["category"] == "bright"
+    assert d["bright"]["action"] == "review" and d["bright"]["rule_id"] == "image-bright"
+    assert d["bright"]["category"] == "bright" and d["bright"]["thresholds"] == {"brightness/bright": 0.9}
 
 
 def test_broken_registry_stops_the_stage_at_start(settings: Settings, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import pytest
 from pipeline.config import Settings
 from pipeline.enforce.consumer import EnforceStage
 from pipeline.enforce.logging_enforcer import handlers as logging_handlers
+from pipeline.policy.engine import load_policy
 from pipeline.records import Record, envelope
 from pipeline.sdk import ModerationProducer
 from pipeline.stages.decide import decision
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 def a_decision(settings: Settings, action: str, content_id: str) -> Record:
     env = envelope(settings.platform_id, content_id=content_id, user_id="u1")
     record = {"envelope": env, "kind": "upload", "signals": [], "matches": [], "scores": []}
-    return decision(record, action, "test-rule", f"test {action}")
+    return decision(record, load_policy(), action, "test-rule", f"test {action}")
 
 
 def test_handlers_by_action_publish_results_and_dead_letter_failures(settings: Settings) -> None:

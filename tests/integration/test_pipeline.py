@@ -9,11 +9,11 @@ import pytest
 from pipeline.banks.follower import BankFollower
 from pipeline.banks.table import BankTable
 from pipeline.config import Settings
+from pipeline.policy.engine import load_policy
 from pipeline.records import now_ms, record_key
 from pipeline.runtime.app import connect_redis
 from pipeline.sdk import ModerationProducer
 from pipeline.serde import Codec
-from pipeline.policy.engine import load_policy
 from pipeline.stages.classify import ClassifyStage
 from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import EnrichStage
@@ -73,7 +73,7 @@ def test_banned_upload_removed_clean_allowed(settings: Settings, banks) -> None:
         producer.flush()
         decisions = by_event(collect(settings, "decisions", lambda ds: {banned, clean} <= set(event_ids(ds))))
     assert decisions[banned]["action"] == "remove"
-    assert decisions[banned]["rule_id"] == "bank-match"
+    assert decisions[banned]["rule_id"] == "bank-match-severe"
     assert decisions[banned]["matches"][0]["bank"] == "tvec"
     assert decisions[banned]["category"] == "terrorism"
     assert decisions[clean]["action"] == "allow"

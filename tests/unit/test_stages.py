@@ -6,8 +6,8 @@ import hashlib
 from collections.abc import Iterable
 
 from pipeline.banks.table import BankTable
-from pipeline.policy.engine import load_policy
 from pipeline.enforce.consumer import EnforceStage
+from pipeline.policy.engine import load_policy
 from pipeline.records import Incoming, Record, envelope
 from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import EnrichStage
