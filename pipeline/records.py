@@ -57,6 +57,11 @@ class Stage(Protocol):
         """Short names of the topics the stage reads."""
         ...
 
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Short names of the topics the stage writes (besides dead letters)."""
+        ...
+
     def process(self, batch: Sequence[Incoming]) -> list[Output]: ...
 
 

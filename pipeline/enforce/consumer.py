@@ -34,6 +34,7 @@ class EnforceStage:
     """Runs handlers for decisions; a stage like any other, so it runs on the same runner."""
 
     inputs = ("decisions",)
+    outputs = ("enforcement.results",)
 
     def __init__(
         self,

@@ -89,7 +89,8 @@ class Runner:
         self._internal: list[set[str]] = [
             {t for later in self.stages[i + 1 :] for t in later.inputs} for i in range(len(self.stages))
         ]
-        produced_inside = set().union(*self._internal)
+        # Consumed from Kafka: every input no earlier stage of the chain produces.
+        produced_inside = {t for i, s in enumerate(self.stages) for t in s.outputs if t in self._internal[i]}
         self.input_topics = sorted({t for s in self.stages for t in s.inputs} - produced_inside)
         for topic in self.input_topics:
             settings.topic(topic)  # raises on an unknown topic

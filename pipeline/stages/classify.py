@@ -42,6 +42,7 @@ def image_of(record: Record) -> bytes | None:
 class ClassifyStage:
     name = "classify"
     inputs = ("matched",)
+    outputs = ("classified",)
 
     def __init__(self, models: Sequence[Model], skip_matched: bool = True, skip_distance: int = 16) -> None:
         self.models = list(models)

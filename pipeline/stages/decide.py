@@ -86,6 +86,7 @@ def shared_signals(signals: list[Record], d: Record) -> list[Output]:
 
 class DecideStage:
     name = "decide"
+    outputs = ("decisions", "review", "banks", "shared.signals")
 
     def __init__(
         self,
@@ -139,8 +140,8 @@ class DecideStage:
             out += removal_entries(record["signals"], d, self.removed_bank)
         if "share" in rule.effects and rule.action in UPHELD:
             out += shared_signals(record["signals"], d)
-        if rule.action in FINAL and self.reports is not None and record["envelope"].get("content_id"):
-            self.reports.resolve(record["envelope"]["content_id"], d["decided_at"])
+        if rule.action in FINAL and record["kind"] == "report" and self.reports is not None:
+            self.reports.resolve(record["envelope"]["content_id"], d["decided_at"])  # a reported item, acted on
         return out
 
     def _review(self, record: Record, d: Record, outcome: Outcome, agg: dict[str, Any] | None) -> list[Output]:

@@ -52,6 +52,7 @@ def moderation_record(topic: str, event: Record) -> Record:
 class EnrichStage:
     name = "enrich"
     inputs = ("uploads", "reports", "live")
+    outputs = ("enriched",)
 
     def __init__(
         self,
@@ -111,6 +112,8 @@ class EnrichStage:
         for record, stored in zip(reports, recalled, strict=True):
             if stored is None:
                 continue
+            if not record["envelope"].get("user_id") and stored.get("user_id"):  # the owner, from the upload
+                record["envelope"] = {**record["envelope"], "user_id": stored["user_id"]}
             record["signals"] = stored["signals"]
             record["upload"] = {
                 "envelope": record["envelope"],

@@ -16,6 +16,7 @@ class BankLookup(Protocol):
 class MatchStage:
     name = "match"
     inputs = ("enriched",)
+    outputs = ("matched",)
 
     def __init__(self, banks: BankLookup) -> None:
         self.banks = banks

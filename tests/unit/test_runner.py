@@ -41,6 +41,7 @@ class Upper:
 
     name = "upper"
     inputs = ("uploads",)
+    outputs = ("review",)
 
     def __init__(self) -> None:
         self.calls = 0
@@ -69,6 +70,7 @@ class Count:
 
     name = "count"
     inputs = ("review",)
+    outputs = ()
 
     def __init__(self) -> None:
         self.seen: list[str] = []

@@ -1,0 +1,274 @@
+"""Decide and enforce through the broker and Redis: policy versions, report bursts, the
+24-hour deadline, review verdicts, the webhook enforcer across a crash, live suspension."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.banks.admin import media_entries, publish
+from pipeline.config import Settings
+from pipeline.enforce.consumer import EnforceStage
+from pipeline.enforce.webhook import WebhookEnforcer
+from pipeline.policy.engine import DEFAULT_POLICY
+from pipeline.records import now_ms
+from pipeline.runtime.app import App
+from pipeline.runtime.runner import Runner
+from pipeline.sdk import ModerationProducer
+from pipeline.state.accounts import RedisAccountStore
+from tests.media import encode, photo
+
+from .helpers import collect, event_ids, running
+from .test_cli import cli
+
+pytestmark = pytest.mark.integration
+STAGES = ("enrich", "match", "classify", "decide")
+
+
+def app_for(settings: Settings, **changes: object) -> App:
+    return App(settings.with_(**changes))
+
+
+def decisions_for(settings: Settings, ids: list[str], timeout_s: float = 90) -> dict[str, dict]:  # type: ignore[type-arg]
+    found = collect(settings, "decisions", lambda ds: set(ids) <= set(event_ids(ds)), timeout_s)
+    return {d["envelope"]["event_id"]: d for d in found}
+
+
+def test_a_new_policy_version_applies_to_new_events(settings: Settings, tmp_path: Path) -> None:
+    v1 = app_for(settings)
+    producer = ModerationProducer(settings)
+    with running(settings, [v1.build(n) for n in STAGES]):
+        first = producer.send_upload("c-1", "u1", text="lovely weather")
+        producer.flush()
+        decisions_for(settings, [first])
+    doc = yaml.safe_load(DEFAULT_POLICY.read_text())
+    doc["version"] = "2"
+    doc["default"] = {"id": "default-review", "action": "review"}  # v2: nothing passes unreviewed
+    (tmp_path / "v2.yaml").write_text(yaml.safe_dump(doc))
+    v2 = app_for(settings, policy=str(tmp_path / "v2.yaml"))
+    with running(settings, [v2.build(n) for n in STAGES]):
+        second = producer.send_upload("c-2", "u1", text="lovely weather")
+        producer.flush()
+        d = decisions_for(settings, [first, second])
+    assert (d[first]["policy_version"], d[first]["rule_id"], d[first]["action"]) == ("1", "default-allow", "allow")
+    assert (d[second]["policy_version"], d[second]["rule_id"], d[second]["action"]) == ("2", "default-review", "review")
+
+
+def reviews_for(settings: Settings, content_id: str, wait_s: float = 3.0) -> list[dict]:  # type: ignore[type-arg]
+    """Review tasks of an item. Tasks are produced with the decisions already read; the wait
+    lets any extra (wrong) task show up too."""
+    time.sleep(wait_s)
+    tasks = collect(settings, "review", lambda ts: False, timeout_s=3)
+    return [t for t in tasks if t["envelope"]["content_id"] == content_id]
+
+
+def test_report_bursts_distinct_reporters_vs_one_reporter(settings: Settings) -> None:
+    app = app_for(settings)
+    producer = ModerationProducer(settings)
+    with running(settings, [app.build(n) for n in STAGES]):
+        producer.send_upload("c-burst", "owner", text="a post")
+        producer.send_upload("c-spam", "owner", text="another post")
+        producer.flush()
+        burst = [producer.send_report("c-burst", f"reporter-{i}", "violent_extremism") for i in range(6)]
+        spam = [producer.send_report("c-spam", "same-reporter", "violent_extremism") for _ in range(6)]
+        producer.flush()
+        d = decisions_for(settings, burst + spam)
+        burst_tasks = reviews_for(settings, "c-burst")
+        spam_tasks = reviews_for(settings, "c-spam", 0)
+    assert len(burst_tasks) == 1 and burst_tasks[0]["priority"] == 8
+    assert burst_tasks[0]["deadline"] - min(d[e]["envelope"]["occurred_at"] for e in burst) == 24 * 3600 * 1000
+    assert {d[e]["rule_id"] for e in burst} >= {"report-burst"}
+    assert spam_tasks == [] and {d[e]["action"] for e in spam} == {"pending"}
+
+
+def test_item_reaching_its_deadline_is_escalated(settings: Settings) -> None:
+    app = app_for(settings)
+    producer = ModerationProducer(settings)
+    long_ago = now_ms() - 21 * 3600 * 1000  # first reported 21 hours ago, still undecided
+    with running(settings, [app.build(n) for n in STAGES]):
+        eid = producer.send_report("c-old", "reporter-1", "hate", occurred_at=long_ago)
+        producer.flush()
+        assert decisions_for(settings, [eid])[eid]["action"] == "pending"
+    out = cli(settings, "escalate", "--once")
+    assert out.returncode == 0 and "escalated 1 item(s)" in out.stdout, out.stderr
+    assert "escalated" not in cli(settings, "escalate", "--once").stdout  # once per item
+    [task] = reviews_for(settings, "c-old", 0)
+    assert task["priority"] == 100 and "deadline in 3.0 h" in task["reason"]
+    assert task["deadline"] == long_ago + 24 * 3600 * 1000
+
+
+def test_verdict_becomes_a_decision_and_an_enforcement_result(settings: Settings) -> None:
+    app = app_for(settings)
+    producer = ModerationProducer(settings)
+    pipeline = [app.build(n) for n in STAGES]
+    with running(settings, pipeline, [app.build("enforce-log")], [app.build("enforce-account")]):
+        producer.send_upload("c-v", "owner-v", media=encode(photo(77)), text="a photo")
+        producer.flush()
+        reports = [producer.send_report("c-v", f"r{i}", "terrorism") for i in range(3)]
+        producer.flush()
+        decisions_for(settings, reports)
+        listed = cli(settings, "review", "list")
+        [task] = reviews_for(settings, "c-v", 1)
+        assert task["task_id"] in listed.stdout
+        out = cli(
+            settings,
+            "review",
+            "decide",
+            task["task_id"],
+            "remove",
+            "--category",
+            "terrorism",
+            "--note",
+            "propaganda",
+            "--reviewer",
+            "ana",
+        )
+        assert out.returncode == 0, out.stderr
+        final = collect(settings, "decisions", lambda ds: any(x["rule_id"] == "human-review" for x in ds))
+        [verdict] = [x for x in final if x["rule_id"] == "human-review"]
+        results = collect(
+            settings,
+            "enforcement.results",
+            lambda rs: (
+                {(r["decision_id"], r["enforcer"]) for r in rs}
+                >= {(verdict["decision_id"], "log"), (verdict["decision_id"], "account")}
+            ),
+        )
+        listed_after = cli(settings, "review", "list")
+    assert verdict["action"] == "remove" and verdict["category"] == "terrorism"
+    assert "ana" in verdict["explanation"] and "propaganda" in verdict["explanation"]
+    account = [r for r in results if r["decision_id"] == verdict["decision_id"] and r["enforcer"] == "account"][0]
+    assert account["status"] == "succeeded" and "1 strike" in account["detail"]
+    assert task["task_id"] not in listed_after.stdout
+    trust = app.report_store().aggregate("c-v")["trust"]
+    assert trust == pytest.approx(3 * 2 / 3)  # each reporter now upheld once: (1 + 1) / (1 + 2)
+
+
+class Platform(BaseHTTPRequestHandler):
+    """A platform endpoint that honours Idempotency-Key and fails the first two tries of each."""
+
+    tries: dict[str, int] = {}
+    effective: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:  # noqa: N802
+        key = self.headers["Idempotency-Key"]
+        json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            self.tries[key] = self.tries.get(key, 0) + 1
+            fail = self.tries[key] <= 2
+            if not fail and key not in self.effective:
+                self.effective[key] = 1
+            elif not fail:
+                pass  # a repeat of an applied action: acknowledged, not applied again
+        self.send_response(503 if fail else 200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def platform() -> Iterator[str]:
+    Platform.tries, Platform.effective = {}, {}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Platform)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/moderation"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_webhook_delivers_one_effective_action_per_decision_across_a_crash(settings: Settings, platform: str) -> None:
+    producer = ModerationProducer(settings)
+    app = app_for(settings)
+    policy = app.policy()
+    from pipeline.stages.decide import decision
+
+    decisions = []
+    for i in range(20):
+        record = {
+            "envelope": {
+                "event_id": f"e{i}",
+                "platform_id": "p",
+                "occurred_at": now_ms(),
+                "content_id": f"c{i}",
+                "stream_id": None,
+                "user_id": "u",
+            },
+            "kind": "upload",
+            "signals": [],
+            "matches": [],
+            "scores": [],
+        }
+        decisions.append(decision(record, policy, "remove", "test", "test"))
+        producer.send("decisions", decisions[-1])
+    producer.flush()
+
+    def stage() -> EnforceStage:
+        return EnforceStage(
+            "webhook", {"remove": WebhookEnforcer(platform)}, settings.topic_prefix, retries=5, backoff_s=0.01
+        )
+
+    group = settings.group_id("enforcer.webhook")
+    crashed = threading.Event()
+
+    class Crash(Exception):
+        pass
+
+    def crash() -> None:  # the process dies after acting, before committing its offsets
+        crashed.set()
+        raise Crash
+
+    def run_until_crash() -> None:
+        try:
+            first.run(False)
+        except Crash:
+            pass
+
+    first = Runner(settings, [stage()], group=group, before_commit=crash)
+    thread = threading.Thread(target=run_until_crash, daemon=True)
+    thread.start()
+    assert crashed.wait(60)
+    thread.join(30)
+    with running(settings, [stage()], group=group):
+        results = collect(
+            settings,
+            "enforcement.results",
+            lambda rs: {r["decision_id"] for r in rs} >= {d["decision_id"] for d in decisions},
+        )
+    keys = {d["decision_id"] for d in decisions}
+    assert set(Platform.effective) == keys and all(n == 1 for n in Platform.effective.values())
+    assert sum(Platform.tries.values()) > 3 * len(keys) - 1  # retries, and redeliveries after the crash
+    assert all(r["status"] == "succeeded" and r["attempts"] >= 1 for r in results)
+
+
+def test_severe_violation_suspends_live_access(settings: Settings) -> None:
+    app = app_for(settings)
+    banned = photo(901)
+    publish(settings, media_entries(encode(banned), "tvec", "terrorism", "critical", "gifct", "img-901"))
+    accounts = RedisAccountStore(app.redis)
+    user = f"streamer-{settings.topic_prefix}"
+    accounts.set_verified(user)
+    producer = ModerationProducer(settings)
+    with running(settings, [app.build(n) for n in STAGES], [app.build("enforce-account")]):
+        start = producer.send_live_started("s-1", user, title="my stream")
+        frame = producer.send_live_frame("s-1", user, 0, encode(banned, quality=70))
+        producer.flush()
+        d = decisions_for(settings, [start, frame])
+        collect(
+            settings, "enforcement.results", lambda rs: any(r["decision_id"] == d[frame]["decision_id"] for r in rs)
+        )
+        again = producer.send_live_started("s-2", user, title="back again")
+        producer.flush()
+        d2 = decisions_for(settings, [again])
+    assert d[start]["action"] == "allow"
+    assert d[frame]["action"] == "end_stream" and "suspend_live" in d[frame]["effects"]
+    assert accounts.get_many([user])[user]["live_suspended"] is True
+    assert d2[again]["action"] == "end_stream" and d2[again]["rule_id"] == "live-suspended"
