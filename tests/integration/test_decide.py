@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -227,10 +228,8 @@ def test_webhook_delivers_one_effective_action_per_decision_across_a_crash(setti
         raise Crash
 
     def run_until_crash() -> None:
-        try:
+        with contextlib.suppress(Crash):
             first.run(False)
-        except Crash:
-            pass
 
     first = Runner(settings, [stage()], group=group, before_commit=crash)
     thread = threading.Thread(target=run_until_crash, daemon=True)
