@@ -24,10 +24,26 @@ def records(n: int) -> list[Incoming]:
     texts = [t for t, _, _ in read()]
     out = []
     for i in range(n):
-        upload = {"envelope": envelope("bench", content_id=f"c{i}"), "media_b64": None, "media_uri": None,
-                  "media_type": None, "text": texts[i % len(texts)]}
-        value = {"envelope": upload["envelope"], "kind": "upload", "upload": upload, "report": None, "live": None,
-                 "account": None, "signals": [], "media_error": None, "matches": [], "scores": [], "stages": []}
+        upload = {
+            "envelope": envelope("bench", content_id=f"c{i}"),
+            "media_b64": None,
+            "media_uri": None,
+            "media_type": None,
+            "text": texts[i % len(texts)],
+        }
+        value = {
+            "envelope": upload["envelope"],
+            "kind": "upload",
+            "upload": upload,
+            "report": None,
+            "live": None,
+            "account": None,
+            "signals": [],
+            "media_error": None,
+            "matches": [],
+            "scores": [],
+            "stages": [],
+        }
         out.append(Incoming("matched", None, value))
     return out
 
@@ -52,8 +68,10 @@ def main() -> None:
     rate(stage, batch[:200], args.batch)  # warm up
     batched = rate(stage, batch, args.batch)
     single = rate(stage, batch, 1)
-    print(f"classify stage, default text model, providers {models[0].providers}, {args.threads} thread(s), "
-          f"{args.records} records")
+    print(
+        f"classify stage, default text model, providers {models[0].providers}, {args.threads} thread(s), "
+        f"{args.records} records"
+    )
     print(f"{'batched (' + str(args.batch) + ' per inference)':32} {batched:>10,.0f} records/s")
     print(f"{'one record per inference':32} {single:>10,.0f} records/s")
     print(f"batching: {batched / single:.1f}x")

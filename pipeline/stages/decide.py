@@ -101,6 +101,7 @@ class DecideStage:
         self.removed_bank = removed_bank
         self.inputs = inputs
         self.incident_active = incident_active
+        self._claimed: set[str] = set()  # items known to have their review task (claims never revert)
 
     def process(self, batch: Sequence[Incoming]) -> list[Output]:
         records = [r.value for r in batch if r.topic != "review.verdicts"]
@@ -146,8 +147,11 @@ class DecideStage:
 
     def _review(self, record: Record, d: Record, outcome: Outcome, agg: dict[str, Any] | None) -> list[Output]:
         content_id = record["envelope"].get("content_id")
-        if agg is not None and self.reports is not None and content_id and not self.reports.claim_review(content_id):
-            return []  # this item already has its review task
+        if agg is not None and self.reports is not None and content_id:
+            if content_id in self._claimed or not self.reports.claim_review(content_id):
+                self._remember_claim(content_id)
+                return []  # this item already has its review task
+            self._remember_claim(content_id)
         deadline = agg["deadline"] if agg else record["envelope"]["occurred_at"] + DAY_MS
         task = {
             "task_id": stable_id(d["decision_id"], "review"),
@@ -159,6 +163,11 @@ class DecideStage:
             "created_at": now_ms(),
         }
         return [Output("review", subject_key(record["envelope"]), task)]
+
+    def _remember_claim(self, content_id: str) -> None:
+        if len(self._claimed) > 100_000:
+            self._claimed.clear()
+        self._claimed.add(content_id)
 
     def verdict(self, v: Record) -> list[Output]:
         env = v["envelope"]

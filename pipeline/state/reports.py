@@ -58,26 +58,41 @@ class RedisReportStore:
                 pipe.sadd(f"{item}:reporters", r["reporter_id"])
                 pipe.hincrby(f"{item}:reasons", r["reason"], 1)
         pipe.execute()
-        return [self.aggregate(r["envelope"]["content_id"]) for r in reports]
+        return self.aggregates([r["envelope"]["content_id"] for r in reports])
 
     def aggregate(self, content_id: str) -> dict[str, Any]:
-        item = self._item(content_id)
-        reporters = sorted(self.redis.smembers(f"{item}:reporters"))
+        return self.aggregates([content_id])[0]
+
+    def aggregates(self, content_ids: list[str]) -> list[dict[str, Any]]:
+        """Each item's aggregate, in two round trips for the whole batch."""
+        items = list(dict.fromkeys(content_ids))
         pipe = self.redis.pipeline(transaction=False)
-        for reporter in reporters:
+        for content_id in items:
+            item = self._item(content_id)
+            pipe.smembers(f"{item}:reporters")
+            pipe.hgetall(f"{item}:reasons")
+            pipe.hgetall(item)
+        replies = pipe.execute()
+        reporters = {cid: sorted(replies[3 * i]) for i, cid in enumerate(items)}
+        everyone = sorted({r for rs in reporters.values() for r in rs})
+        pipe = self.redis.pipeline(transaction=False)
+        for reporter in everyone:
             pipe.hmget(f"{self.prefix}reporter:{reporter}", "total", "upheld")
-        trust = sum((int(u or 0) + 1) / (int(t or 0) + 2) for t, u in pipe.execute())
-        meta = self.redis.hgetall(item)
-        return {
-            "content_id": content_id,
-            "distinct_reporters": len(reporters),
-            "reporters": reporters,
-            "trust": trust,
-            "reasons": {k: int(v) for k, v in self.redis.hgetall(f"{item}:reasons").items()},
-            "first_reported_at": int(meta.get("first_reported_at", 0)),
-            "deadline": int(meta.get("deadline", 0)),
-            "actioned_at": int(meta["actioned_at"]) if meta.get("actioned_at") else None,
-        }
+        trust = {r: (int(u or 0) + 1) / (int(t or 0) + 2) for r, (t, u) in zip(everyone, pipe.execute(), strict=True)}
+        out = {}
+        for i, content_id in enumerate(items):
+            meta = replies[3 * i + 2]
+            out[content_id] = {
+                "content_id": content_id,
+                "distinct_reporters": len(reporters[content_id]),
+                "reporters": reporters[content_id],
+                "trust": sum(trust[r] for r in reporters[content_id]),
+                "reasons": {k: int(v) for k, v in replies[3 * i + 1].items()},
+                "first_reported_at": int(meta.get("first_reported_at", 0)),
+                "deadline": int(meta.get("deadline", 0)),
+                "actioned_at": int(meta["actioned_at"]) if meta.get("actioned_at") else None,
+            }
+        return [out[c] for c in content_ids]
 
     def claim_review(self, content_id: str) -> bool:
         """True once per item: the first caller creates its review task."""

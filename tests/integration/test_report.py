@@ -25,8 +25,13 @@ def test_transparency_report_on_a_generated_day(settings: Settings, tmp_path: Pa
     day = now - 48 * HOUR
 
     def send_decision(content_id: str, occurred: int, decided: int, action: str, category: str | None) -> dict:  # type: ignore[type-arg]
-        record = {"envelope": envelope("p", content_id=content_id, occurred_at=occurred), "kind": "upload",
-                  "signals": [], "matches": [], "scores": []}
+        record = {
+            "envelope": envelope("p", content_id=content_id, occurred_at=occurred),
+            "kind": "upload",
+            "signals": [],
+            "matches": [],
+            "scores": [],
+        }
         d = decision(record, policy, action, "generated", "generated", category=category)
         d["decided_at"] = decided
         producer.send("decisions", d)
@@ -46,14 +51,26 @@ def test_transparency_report_on_a_generated_day(settings: Settings, tmp_path: Pa
         first = day + j * HOUR if j < 18 else now - 30 * HOUR
         for reporter in ("a", "b"):
             producer.send_report(f"rep-{j}", reporter, "hate", occurred_at=first + (0 if reporter == "a" else 60_000))
-        send_decision(f"rep-{j}", first - HOUR, first - HOUR + 500, "allow", None)  # allowed at upload, before the reports
+        send_decision(
+            f"rep-{j}", first - HOUR, first - HOUR + 500, "allow", None
+        )  # allowed at upload, before the reports
         if j < 15:
             send_decision(f"rep-{j}", first - HOUR, first + (j + 1) * HOUR, "remove", "hate")
         elif j < 18:
             send_decision(f"rep-{j}", first - HOUR, first + 30 * HOUR, "remove", "hate")
-    producer.send("enforcement.results", {"decision_id": "x", "envelope": envelope("p", content_id="up-0"),
-                                          "action": "remove", "enforcer": "log", "status": "succeeded",
-                                          "attempts": 1, "detail": "", "acted_at": now})
+    producer.send(
+        "enforcement.results",
+        {
+            "decision_id": "x",
+            "envelope": envelope("p", content_id="up-0"),
+            "action": "remove",
+            "enforcer": "log",
+            "status": "succeeded",
+            "attempts": 1,
+            "detail": "",
+            "acted_at": now,
+        },
+    )
     producer.flush()
 
     out = cli(settings, "report", "--format", "json", "--chart", str(tmp_path / "report.html"))
@@ -61,8 +78,11 @@ def test_transparency_report_on_a_generated_day(settings: Settings, tmp_path: Pa
     report = json.loads(out.stdout)
     rows = {(r["category"], r["action"]): r for r in report["rows"]}
     assert rows[("terrorism", "remove")]["count"] == 100
-    assert (rows[("terrorism", "remove")]["p50_s"], rows[("terrorism", "remove")]["p90_s"],
-            rows[("terrorism", "remove")]["p99_s"]) == (5.0, 9.0, 10.0)
+    assert (
+        rows[("terrorism", "remove")]["p50_s"],
+        rows[("terrorism", "remove")]["p90_s"],
+        rows[("terrorism", "remove")]["p99_s"],
+    ) == (5.0, 9.0, 10.0)
     assert rows[("none", "allow")]["count"] == 50 + 20 and rows[("none", "allow")]["p50_s"] is None
     hate = rows[("hate", "remove")]
     assert hate["count"] == 18

@@ -23,13 +23,27 @@ def test_policy_check_accepts_the_default_and_rejects_a_broken_file(tmp_path: Pa
 
 
 def test_policy_test_runs_cases(tmp_path: Path) -> None:
-    match = {"bank": "b", "signal_type": "sha256", "hash": "h", "distance": 0, "category": "terrorism",
-             "severity": "critical", "source": ""}
+    match = {
+        "bank": "b",
+        "signal_type": "sha256",
+        "hash": "h",
+        "distance": 0,
+        "category": "terrorism",
+        "severity": "critical",
+        "source": "",
+    }
     cases = [
-        {"name": "known terrorist image", "record": {**ENV, "matches": [match]},
-         "expect": {"action": "remove", "rule": "bank-match-severe"}},
-        {"name": "report burst", "record": {**ENV, "kind": "report"},
-         "reports": {"distinct_reporters": 4, "trust": 2.0, "reasons": {"hate": 4}}, "expect": {"action": "review"}},
+        {
+            "name": "known terrorist image",
+            "record": {**ENV, "matches": [match]},
+            "expect": {"action": "remove", "rule": "bank-match-severe"},
+        },
+        {
+            "name": "report burst",
+            "record": {**ENV, "kind": "report"},
+            "reports": {"distinct_reporters": 4, "trust": 2.0, "reasons": {"hate": 4}},
+            "expect": {"action": "review"},
+        },
         {"name": "plain post", "record": ENV, "expect": {"action": "remove"}},  # wrong on purpose
     ]
     path = tmp_path / "cases.jsonl"
