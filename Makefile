@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/matching.py
 	$(BIN)/python bench/hashing.py
 	$(BIN)/python bench/classify.py
+	$(BIN)/python bench/decide.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
