@@ -18,6 +18,7 @@ from pipeline.models.corpus import read  # noqa: E402
 from pipeline.models.registry import DEFAULT_REGISTRY, load_models  # noqa: E402
 from pipeline.records import Incoming, envelope  # noqa: E402
 from pipeline.stages.classify import ClassifyStage  # noqa: E402
+from pipeline.stages.enrich import moderation_record  # noqa: E402
 
 
 def records(n: int) -> list[Incoming]:
@@ -31,20 +32,7 @@ def records(n: int) -> list[Incoming]:
             "media_type": None,
             "text": texts[i % len(texts)],
         }
-        value = {
-            "envelope": upload["envelope"],
-            "kind": "upload",
-            "upload": upload,
-            "report": None,
-            "live": None,
-            "account": None,
-            "signals": [],
-            "media_error": None,
-            "matches": [],
-            "scores": [],
-            "stages": [],
-        }
-        out.append(Incoming("matched", None, value))
+        out.append(Incoming("matched", None, moderation_record("uploads", upload)))
     return out
 
 

@@ -24,6 +24,7 @@ from pipeline.policy.engine import load_policy  # noqa: E402
 from pipeline.records import Incoming, envelope, new_id  # noqa: E402
 from pipeline.runtime.app import connect_redis  # noqa: E402
 from pipeline.stages.decide import DecideStage  # noqa: E402
+from pipeline.stages.enrich import moderation_record  # noqa: E402
 from pipeline.state.reports import RedisReportStore  # noqa: E402
 
 
@@ -31,27 +32,13 @@ def records(n: int, seed: int = 1) -> list[Incoming]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        content = f"item-{rng.randrange(2000)}"
-        env = envelope("bench", content_id=content, user_id=f"user-{rng.randrange(300)}")
-        base = {
-            "envelope": env,
-            "upload": None,
-            "report": None,
-            "live": None,
-            "account": None,
-            "signals": [],
-            "media_error": None,
-            "matches": [],
-            "scores": [],
-            "stages": [],
-        }
+        env = envelope("bench", content_id=f"item-{rng.randrange(2000)}", user_id=f"user-{rng.randrange(300)}")
         if i % 2:
             report = {"envelope": env, "reporter_id": f"reporter-{rng.randrange(500)}", "reason": "hate", "text": None}
-            value = {**base, "kind": "report", "report": report}
+            out.append(Incoming("classified", None, moderation_record("reports", report)))
         else:
             upload = {"envelope": env, "media_b64": None, "media_uri": None, "media_type": None, "text": "a post"}
-            value = {**base, "kind": "upload", "upload": upload}
-        out.append(Incoming("classified", None, value))
+            out.append(Incoming("classified", None, moderation_record("uploads", upload)))
     return out
 
 

@@ -66,46 +66,14 @@ def _value(codec: Codec, record_type: str, raw: bytes | None, as_json: bool) -> 
     return to_json(codec.schemas, record_type, value) if as_json else value
 
 
-def read_table(
-    settings: Settings, topic: str, codec: Codec | None = None, timeout_s: float = 30.0
-) -> dict[str, Record]:
-    """The latest value per key of a (compacted) topic as it stands now, tombstones applied:
-    reads every partition up to its current end."""
+def read_to_end(
+    settings: Settings, topic: str, codec: Codec | None = None, timeout_s: float = 60.0
+) -> Iterator[tuple[str | None, Record | None]]:
+    """(key, decoded value) of every record of a topic as it stands now: each partition is read
+    up to its end at the start. Tombstones yield None; undecodable values are skipped."""
     codec = codec or Codec(registry_url=settings.schema_registry_url)
     name = settings.topic(topic)
     consumer = Consumer(settings.consumer_config(None))
-    table: dict[str, Record] = {}
-    try:
-        partitions = list(consumer.list_topics(name, timeout=timeout_s).topics[name].partitions)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)[1] for p in partitions}
-        pending = {p for p, end in ends.items() if end > 0}
-        consumer.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in pending])
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, 0.2):
-                if msg.error() or msg.key() is None:
-                    continue
-                key = msg.key().decode()  # type: ignore[union-attr]
-                value = _value(codec, TOPICS[topic], msg.value(), as_json=False)
-                if value is None:
-                    table.pop(key, None)
-                elif "_undecodable" not in value:
-                    table[key] = value
-                if int(msg.offset() or 0) + 1 >= ends[int(msg.partition() or 0)]:
-                    pending.discard(int(msg.partition() or 0))
-        if pending:
-            raise TimeoutError(f"{name} not read to its end within {timeout_s} s")
-    finally:
-        consumer.close()
-    return table
-
-
-def read_all(settings: Settings, topic: str, codec: Codec | None = None, timeout_s: float = 60.0) -> list[Record]:
-    """Every decodable record of a topic as it stands now (to the current end of each partition)."""
-    codec = codec or Codec(registry_url=settings.schema_registry_url)
-    name = settings.topic(topic)
-    consumer = Consumer(settings.consumer_config(None))
-    records: list[Record] = []
     try:
         partitions = list(consumer.list_topics(name, timeout=timeout_s).topics[name].partitions)
         ends = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)[1] for p in partitions}
@@ -116,13 +84,31 @@ def read_all(settings: Settings, topic: str, codec: Codec | None = None, timeout
             for msg in consumer.consume(1000, 0.2):
                 if msg.error():
                     continue
-                value = _value(codec, TOPICS[topic], msg.value(), as_json=False)
-                if value is not None and "_undecodable" not in value:
-                    records.append(value)
                 if int(msg.offset() or 0) + 1 >= ends[int(msg.partition() or 0)]:
                     pending.discard(int(msg.partition() or 0))
+                value = _value(codec, TOPICS[topic], msg.value(), as_json=False)
+                if value is None or "_undecodable" not in value:
+                    raw_key = msg.key()
+                    yield (raw_key.decode(errors="replace") if raw_key is not None else None), value
         if pending:
             raise TimeoutError(f"{name} not read to its end within {timeout_s} s")
     finally:
         consumer.close()
-    return records
+
+
+def read_table(settings: Settings, topic: str, codec: Codec | None = None) -> dict[str, Record]:
+    """The latest value per key of a (compacted) topic as it stands now, tombstones applied."""
+    table: dict[str, Record] = {}
+    for key, value in read_to_end(settings, topic, codec):
+        if key is None:
+            continue
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    return table
+
+
+def read_all(settings: Settings, topic: str, codec: Codec | None = None) -> list[Record]:
+    """Every record of a topic as it stands now."""
+    return [value for _, value in read_to_end(settings, topic, codec) if value is not None]
