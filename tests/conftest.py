@@ -89,6 +89,9 @@ def settings(bootstrap: str, redis_url: str, workdir: Path, broker_kind: str) ->
         fetch_wait_max_ms=services.EMBEDDED_FETCH_WAIT_MAX_MS if broker_kind == "embedded" else 500,
         batch_timeout_s=0.05,
         instance_id="test",
+        # Clients a test leaves behind would log connection errors once the broker stops at the
+        # end of the session, burying pytest's summary: keep librdkafka to critical messages.
+        kafka_extra={"log_level": "2"},
         state_dir=workdir / "state",
     )
     create_topics(s)

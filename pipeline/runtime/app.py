@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.banks.follower import BankFollower
 from pipeline.banks.table import BankTable, MatchConfig
 from pipeline.config import Settings
 from pipeline.enforce.account import AccountEnforcer
@@ -21,7 +20,9 @@ from pipeline.enforce.logging_enforcer import handlers as logging_handlers
 from pipeline.enforce.webhook import WebhookEnforcer
 from pipeline.models.registry import DEFAULT_REGISTRY, OnnxModel, Threshold, load_models, load_registry
 from pipeline.policy.engine import DEFAULT_POLICY, Policy, load_policy
+from pipeline.policy.incidents import IncidentTable
 from pipeline.records import Stage
+from pipeline.runtime.follower import BankFollower, TopicFollower
 from pipeline.runtime.runner import Runner
 from pipeline.serde import Codec
 from pipeline.signals.fetch import MediaFetcher
@@ -58,6 +59,8 @@ class App:
     _follower: BankFollower | None = None
     _redis: Any = None
     _models: list[OnnxModel] | None = None
+    _incidents: IncidentTable | None = None
+    _incident_follower: TopicFollower | None = None
 
     def __post_init__(self) -> None:
         self.codec = Codec(registry_url=self.settings.schema_registry_url)
@@ -103,6 +106,14 @@ class App:
     def policy(self) -> Policy:
         return load_policy(Path(self.settings.policy) if self.settings.policy else DEFAULT_POLICY, self.thresholds())
 
+    def incidents(self) -> IncidentTable:
+        if self._incidents is None:
+            self._incidents = IncidentTable()
+            self._incident_follower = TopicFollower(self.settings, self.codec, self._incidents, "incidents")
+            self._incident_follower.start()
+            self._incident_follower.wait_caught_up()
+        return self._incidents
+
     def report_store(self) -> RedisReportStore:
         return RedisReportStore(self.redis)
 
@@ -127,6 +138,7 @@ class App:
                 self.policy(),
                 self.report_store() if self.settings.report_aggregation else None,
                 removed_bank=self.settings.removed_bank,
+                incident_active=self.incidents().active,
             ),
             "enforce-log": lambda: EnforceStage("log", logging_handlers(), self.settings.topic_prefix),
             "enforce-account": lambda: EnforceStage(
@@ -166,8 +178,9 @@ class App:
         return runners
 
     def close(self) -> None:
-        if self._follower is not None:
-            self._follower.stop()
+        for follower in (self._follower, self._incident_follower):
+            if follower is not None:
+                follower.stop()
 
 
 def run_all(runners: list[Runner]) -> None:

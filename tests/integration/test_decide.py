@@ -271,3 +271,41 @@ def test_severe_violation_suspends_live_access(settings: Settings) -> None:
     assert d[frame]["action"] == "end_stream" and "suspend_live" in d[frame]["effects"]
     assert accounts.get_many([user])[user]["live_suspended"] is True
     assert d2[again]["action"] == "end_stream" and d2[again]["rule_id"] == "live-suspended"
+
+
+def test_an_active_incident_tightens_the_policy(settings: Settings) -> None:
+    text = "Our brothers will strike the parliament soon, be ready."  # scored between review and remove
+    producer = ModerationProducer(settings)
+    app = app_for(settings)
+    with running(settings, [app.build(n) for n in STAGES]):
+        calm = producer.send_upload("c-calm", "u1", text=text)
+        producer.flush()
+        assert decisions_for(settings, [calm])[calm]["rule_id"] == "classifier-review-extremism"
+    incident = {
+        "incident_id": "inc-1",
+        "title": "attack livestreamed",
+        "status": "active",
+        "declared_at": now_ms(),
+        "closed_at": None,
+        "signals": [],
+    }
+    producer.send("incidents", incident, key="inc-1")
+    producer.flush()
+    crisis_app = app_for(settings)  # a decide process started during the crisis reads the incident topic
+    with running(settings, [crisis_app.build(n) for n in STAGES]):
+        crisis = producer.send_upload("c-crisis", "u1", text=text)
+        producer.flush()
+        d = decisions_for(settings, [crisis])[crisis]
+        producer.send("incidents", {**incident, "status": "closed", "closed_at": now_ms()}, key="inc-1")
+        producer.flush()
+        deadline = time.monotonic() + 5
+        while crisis_app.incidents().active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = producer.send_upload("c-after", "u1", text=text)
+        producer.flush()
+        d_after = decisions_for(settings, [after])[after]
+    assert d["action"] == "remove" and d["rule_id"] == "crisis-classifier-remove"
+    assert "incident_active=True" in d["explanation"]
+    assert d_after["rule_id"] == "classifier-review-extremism"  # closing the incident relaxes it again
+    crisis_app.close()
+    app.close()

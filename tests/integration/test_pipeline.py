@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from pipeline.banks.follower import BankFollower
+from pipeline.runtime.follower import BankFollower
 from pipeline.banks.table import BankTable
 from pipeline.config import Settings
 from pipeline.policy.engine import load_policy
