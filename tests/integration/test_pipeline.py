@@ -6,12 +6,12 @@ import hashlib
 
 import pytest
 
-from pipeline.runtime.follower import BankFollower
 from pipeline.banks.table import BankTable
 from pipeline.config import Settings
 from pipeline.policy.engine import load_policy
 from pipeline.records import now_ms, record_key
 from pipeline.runtime.app import connect_redis
+from pipeline.runtime.follower import BankFollower
 from pipeline.sdk import ModerationProducer
 from pipeline.serde import Codec
 from pipeline.stages.classify import ClassifyStage
