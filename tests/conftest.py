@@ -113,4 +113,5 @@ def settings_env(s: Settings) -> dict[str, str]:
         "MODSTREAM_STATE_DIR": str(s.state_dir),
         "MODSTREAM_BATCH_SIZE": str(s.batch_size),
         "MODSTREAM_MODELS": s.models,
+        "MODSTREAM_POLICY": s.policy,
     }

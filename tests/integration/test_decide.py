@@ -309,3 +309,33 @@ def test_an_active_incident_tightens_the_policy(settings: Settings) -> None:
     assert d_after["rule_id"] == "classifier-review-extremism"  # closing the incident relaxes it again
     crisis_app.close()
     app.close()
+
+
+def test_a_reported_item_the_banks_condemn_is_removed_without_review(settings: Settings) -> None:
+    image = photo(902)
+    producer = ModerationProducer(settings)
+    app = app_for(settings)
+    with running(settings, [app.build(n) for n in STAGES]):
+        upload = producer.send_upload("c-later", "owner-l", media=encode(image), text="holiday")
+        producer.flush()
+        assert decisions_for(settings, [upload])[upload]["action"] == "allow"
+        # Later a partner banks the image; then one person reports the post.
+        publish(settings, media_entries(encode(image), "partner", "terrorism", "high", "partner", "img-902"))
+        time.sleep(1.0)
+        report = producer.send_report("c-later", "reporter-1", "terrorism")
+        producer.flush()
+        d = decisions_for(settings, [report])[report]
+    assert d["action"] == "remove" and d["rule_id"] == "bank-match"
+    assert d["envelope"]["user_id"] == "owner-l"  # the owner, from the stored upload, for the strike
+    assert reviews_for(settings, "c-later", 0) == []
+    assert app.report_store().aggregate("c-later")["actioned_at"] == d["decided_at"]
+
+
+def test_an_invalid_policy_stops_the_stage_at_start(settings: Settings, tmp_path: Path) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(
+        "policy_id: p\nversion: '9'\ndefault: {action: allow}\n"
+        "rules:\n  - {id: r, when: {phase: moon}, action: remove}\n"
+    )
+    out = cli(settings.with_(policy=str(bad)), "run", "decide", timeout=60)
+    assert out.returncode != 0 and "unknown conditions ['phase']" in out.stderr
