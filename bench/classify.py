@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from bench.common import stage_rate  # noqa: E402
 from pipeline.models.corpus import read  # noqa: E402
 from pipeline.models.registry import DEFAULT_REGISTRY, load_models  # noqa: E402
 from pipeline.records import Incoming, envelope  # noqa: E402
@@ -36,13 +36,6 @@ def records(n: int) -> list[Incoming]:
     return out
 
 
-def rate(stage: ClassifyStage, batch: list[Incoming], size: int) -> float:
-    started = time.perf_counter()
-    for i in range(0, len(batch), size):
-        stage.process(batch[i : i + size])
-    return len(batch) / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=4000)
@@ -53,9 +46,9 @@ def main() -> None:
     models = load_models(DEFAULT_REGISTRY, [args.provider], args.threads)
     stage = ClassifyStage(models)
     batch = records(args.records)
-    rate(stage, batch[:200], args.batch)  # warm up
-    batched = rate(stage, batch, args.batch)
-    single = rate(stage, batch, 1)
+    stage_rate(stage, batch[:200], args.batch)  # warm up
+    batched = stage_rate(stage, batch, args.batch)
+    single = stage_rate(stage, batch, 1)
     print(
         f"classify stage, default text model, providers {models[0].providers}, {args.threads} thread(s), "
         f"{args.records} records"

@@ -14,11 +14,11 @@ import os
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from bench.common import stage_rate  # noqa: E402
 from pipeline.dev.services import redis_answers, start_redis  # noqa: E402
 from pipeline.policy.engine import load_policy  # noqa: E402
 from pipeline.records import Incoming, envelope, new_id  # noqa: E402
@@ -42,13 +42,6 @@ def records(n: int, seed: int = 1) -> list[Incoming]:
     return out
 
 
-def rate(stage: DecideStage, batch: list[Incoming], size: int) -> float:
-    started = time.perf_counter()
-    for i in range(0, len(batch), size):
-        stage.process(batch[i : i + size])
-    return len(batch) / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=20000)
@@ -62,8 +55,8 @@ def main() -> None:
         store = RedisReportStore(connect_redis(url), prefix=f"bench-{new_id()[:8]}:")
         policy = load_policy()
         batch = records(args.records)
-        without = rate(DecideStage(policy, None), batch, args.batch)
-        with_redis = rate(DecideStage(policy, store), batch, args.batch)
+        without = stage_rate(DecideStage(policy, None), batch, args.batch)
+        with_redis = stage_rate(DecideStage(policy, store), batch, args.batch)
     finally:
         if proc is not None:
             proc.terminate()
