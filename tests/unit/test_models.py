@@ -24,6 +24,7 @@ from pipeline.models.registry import (
 )
 from pipeline.records import Incoming, envelope
 from pipeline.stages.classify import ClassifyStage
+from pipeline.stages.enrich import moderation_record
 from tests.media import encode
 from tests.models import brightness_model, registry_with_image_model
 
@@ -143,16 +144,9 @@ def record(text: str | None = None, media: bytes | None = None, matches: list | 
     }
     signals = [{"signal_type": "pdq", "value": "0" * 64, "quality": 100, "frame": None}] if media else []
     return {
-        "envelope": upload["envelope"],
-        "kind": "upload",
-        "upload": upload,
-        "report": None,
-        "live": None,
-        "account": None,
+        **moderation_record("uploads", upload),
         "signals": signals,
-        "media_error": None,
         "matches": matches or [],
-        "scores": [],
         "stages": ["enrich", "match"],
     }
 

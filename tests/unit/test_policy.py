@@ -11,23 +11,13 @@ import yaml
 from pipeline.models.registry import Threshold
 from pipeline.policy.engine import DEFAULT_POLICY, Facts, PolicyError, load_policy, parse_policy
 from pipeline.records import envelope
+from pipeline.stages.enrich import moderation_record
 
 
 def record(kind: str = "upload", **fields: Any) -> dict[str, Any]:
-    base = {
-        "envelope": envelope("p", content_id="c"),
-        "kind": kind,
-        "upload": None,
-        "report": None,
-        "live": None,
-        "account": None,
-        "signals": [],
-        "media_error": None,
-        "matches": [],
-        "scores": [],
-        "stages": [],
-    }
-    return {**base, **fields}
+    """A ModerationRecord of `kind` with no event attached unless `fields` gives one."""
+    base = moderation_record("uploads", {"envelope": envelope("p", content_id="c")})
+    return {**base, "kind": kind, "upload": None, **fields}
 
 
 def match(severity: str = "critical", category: str = "terrorism", distance: int = 0) -> dict[str, Any]:
