@@ -77,6 +77,11 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def signal(signal_type: str, value: str, quality: int | None = None, frame: int | None = None) -> Record:
+    """A Signal record: one hash of a piece of media."""
+    return {"signal_type": signal_type, "value": value, "quality": quality, "frame": frame}
+
+
 def stable_id(*parts: str) -> str:
     """An id derived from its parts, so that reprocessing an event yields the same id."""
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()

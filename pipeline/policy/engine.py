@@ -37,6 +37,8 @@ import yaml
 from pipeline.records import Record
 
 ACTIONS = ("allow", "remove", "review", "restrict", "end_stream", "pending")
+UPHELD = frozenset({"remove", "restrict", "end_stream"})  # actions against the content
+FINAL = UPHELD | {"allow"}  # actions that close a reported item; review and pending do not
 EFFECTS = ("bank", "share", "strike", "suspend_live")
 CONDITIONS = ("kind", "live_event", "bank_match", "score", "reports", "account", "media_error", "incident_active")
 DEFAULT_POLICY = Path(__file__).parent / "default.yaml"

@@ -14,11 +14,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from pipeline.policy.engine import FINAL, UPHELD
 from pipeline.records import Record
-
-DAY_MS = 24 * 3600 * 1000
-ACTIONED = frozenset({"remove", "restrict", "end_stream"})
-FINAL = ACTIONED | {"allow"}
+from pipeline.state.reports import DAY_MS
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -48,7 +46,7 @@ def build_report(
     for d in unique:
         key = subject(d["envelope"])
         counts[(d["category"] or "none", d["action"])] += 1
-        if d["action"] in ACTIONED:
+        if d["action"] in UPHELD:
             start = first_report.get(key, d["envelope"]["occurred_at"])
             if start > d["decided_at"]:
                 start = d["envelope"]["occurred_at"]

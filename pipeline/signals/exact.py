@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
-from pipeline.records import Record
+from pipeline.records import Record, signal
 
 
 def exact_signals(media: bytes) -> list[Record]:
     return [
-        {
-            "signal_type": "md5",
-            "value": hashlib.md5(media, usedforsecurity=False).hexdigest(),
-            "quality": None,
-            "frame": None,
-        },
-        {"signal_type": "sha256", "value": hashlib.sha256(media).hexdigest(), "quality": None, "frame": None},
+        signal("md5", hashlib.md5(media, usedforsecurity=False).hexdigest()),
+        signal("sha256", hashlib.sha256(media).hexdigest()),
     ]

@@ -20,7 +20,7 @@ import numpy as np
 import pdqhash
 from PIL import Image
 
-from pipeline.records import Record
+from pipeline.records import Record, signal
 
 DRAFT_MIN_SIDE = 512
 
@@ -69,7 +69,3 @@ def image_signals(image: Image.Image, fast: bool = True) -> list[Record]:
     signals = [signal("pdq", original, int(quality))]
     signals += [signal("pdq_dihedral", h, int(quality)) for h in dict.fromkeys(others) if h != original]
     return signals
-
-
-def signal(signal_type: str, value: str, quality: int | None = None, frame: int | None = None) -> Record:
-    return {"signal_type": signal_type, "value": value, "quality": quality, "frame": frame}

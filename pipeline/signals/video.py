@@ -12,8 +12,8 @@ import io
 import av
 import numpy as np
 
-from pipeline.records import Record
-from pipeline.signals.image import MediaError, pdq_of_array, signal
+from pipeline.records import Record, signal
+from pipeline.signals.image import MediaError, pdq_of_array
 
 DEDUP_DISTANCE = 8
 FRAME_SIDE = 512  # frames are scaled so their longer side is at most this before hashing

@@ -14,13 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.policy.engine import Facts, Outcome, Policy
+from pipeline.policy.engine import FINAL, UPHELD, Facts, Outcome, Policy
 from pipeline.records import Incoming, Output, Record, now_ms, record_key, stable_id, subject_key
 from pipeline.state.reports import DAY_MS
 
 BANKABLE = frozenset({"md5", "sha256", "pdq", "video_pdq"})
-FINAL = frozenset({"allow", "remove", "restrict", "end_stream"})
-UPHELD = frozenset({"remove", "restrict", "end_stream"})
 
 
 def decision(record: Record, policy: Policy, action: str, rule_id: str, explanation: str, **extra: Any) -> Record:
