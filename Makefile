@@ -32,6 +32,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/hashing.py
 	$(BIN)/python bench/classify.py
 	$(BIN)/python bench/decide.py
+	$(BIN)/python bench/live.py
+	$(BIN)/python bench/exchange.py
+	$(BIN)/python bench/retro.py
+	$(BIN)/python bench/flood.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -19,10 +19,10 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench.common import stage_rate  # noqa: E402
+from pipeline.app import connect_redis  # noqa: E402
 from pipeline.dev.services import redis_answers, start_redis  # noqa: E402
 from pipeline.policy.engine import load_policy  # noqa: E402
 from pipeline.records import Incoming, envelope, new_id  # noqa: E402
-from pipeline.runtime.app import connect_redis  # noqa: E402
 from pipeline.stages.decide import DecideStage  # noqa: E402
 from pipeline.stages.enrich import moderation_record  # noqa: E402
 from pipeline.state.reports import RedisReportStore  # noqa: E402

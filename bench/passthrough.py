@@ -1,7 +1,8 @@
 """Baselines for bench/pipeline.py: the same pass-through (read a record, write it to another
-topic) as a plain confluent-kafka loop and as a faust-streaming agent.
+topic) as a plain confluent-kafka loop and as a faust-streaming agent, both with the runner's
+batching: up to MODSTREAM_BATCH_SIZE records at a time.
 
-    python bench/passthrough.py confluent|faust BOOTSTRAP IN_TOPIC OUT_TOPIC
+    python bench/passthrough.py confluent|faust BOOTSTRAP IN_TOPIC[,IN_TOPIC...] OUT_TOPIC
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ import sys
 
 # The same consumer fetch wait as the pipeline under test (see bench/pipeline.py).
 FETCH_WAIT_MS = int(os.environ.get("MODSTREAM_FETCH_WAIT_MAX_MS", "500"))
+BATCH_SIZE = int(os.environ.get("MODSTREAM_BATCH_SIZE", "500"))
+# faust's take() holds a batch until it is full or `within` has passed; the runner instead takes
+# what is already fetched. The closest faust gets: a short `within`, the fetch wait by default.
+FAUST_WITHIN_S = float(os.environ.get("BENCH_FAUST_WITHIN_S", str(max(FETCH_WAIT_MS, 1) / 1000)))
 
 
-def confluent_loop(bootstrap: str, source: str, sink: str) -> None:
+def confluent_loop(bootstrap: str, sources: list[str], sink: str) -> None:
     from confluent_kafka import Consumer, Producer
 
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": f"bench-plain-{source}",
+            "group.id": f"bench-plain-{sink}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "session.timeout.ms": 6000,
@@ -43,12 +48,12 @@ def confluent_loop(bootstrap: str, source: str, sink: str) -> None:
         running = False
 
     signal.signal(signal.SIGTERM, stop)
-    consumer.subscribe([source])
+    consumer.subscribe(sources)
     while running:
         first = consumer.poll(0.1)  # the same batching as the runner: wait for one, take what is there
         if first is None:
             continue
-        messages = [m for m in [first, *consumer.consume(499, 0)] if not m.error()]
+        messages = [m for m in [first, *consumer.consume(BATCH_SIZE - 1, 0)] if not m.error()]
         for m in messages:
             while True:
                 try:
@@ -61,7 +66,7 @@ def confluent_loop(bootstrap: str, source: str, sink: str) -> None:
     consumer.close()
 
 
-def faust_agent(bootstrap: str, source: str, sink: str) -> None:
+def faust_agent(bootstrap: str, sources: list[str], sink: str) -> None:
     import aiokafka
     import faust
 
@@ -75,7 +80,7 @@ def faust_agent(bootstrap: str, source: str, sink: str) -> None:
     aiokafka.AIOKafkaConsumer = Consumer
 
     app = faust.App(
-        f"bench-faust-{source}",
+        f"bench-faust-{sink}",
         broker=f"kafka://{bootstrap}",
         value_serializer="raw",
         key_serializer="raw",
@@ -84,18 +89,20 @@ def faust_agent(bootstrap: str, source: str, sink: str) -> None:
         broker_session_timeout=6.0,
         consumer_auto_offset_reset="earliest",
     )
-    source_topic = app.topic(source, value_serializer="raw", key_serializer="raw")
+    source_topic = app.topic(*sources, value_serializer="raw", key_serializer="raw")
     sink_topic = app.topic(sink, value_serializer="raw", key_serializer="raw")
 
     @app.agent(source_topic)
     async def passthrough(stream):  # type: ignore[no-untyped-def]
-        async for key, value in stream.items():
-            await sink_topic.send(key=key, value=value)
+        # take_events is stream.take (same buffering) but keeps each record's key.
+        async for batch in stream.take_events(BATCH_SIZE, within=FAUST_WITHIN_S):
+            for event in batch:
+                await sink_topic.send(key=event.key, value=event.value)
 
     sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
     app.main()
 
 
 if __name__ == "__main__":
-    kind, bootstrap, source, sink = sys.argv[1:5]
-    {"confluent": confluent_loop, "faust": faust_agent}[kind](bootstrap, source, sink)
+    kind, bootstrap, sources, sink = sys.argv[1:5]
+    {"confluent": confluent_loop, "faust": faust_agent}[kind](bootstrap, sources.split(","), sink)

@@ -108,12 +108,22 @@ def topics_create(ctx: click.Context) -> None:
 
 @main.command()
 @click.argument("stages", nargs=-1, required=True)
+@click.option(
+    "--processes", type=click.IntRange(min=1), default=1, show_default=True, help="Members of the group to start."
+)
 @click.pass_context
-def run(ctx: click.Context, stages: tuple[str, ...]) -> None:
-    """Run STAGES (enrich, match, decide, enforce-log, or all). Several pipeline stages run fused."""
-    from pipeline.runtime.app import App, run_all
+def run(ctx: click.Context, stages: tuple[str, ...], processes: int) -> None:
+    """Run STAGES (enrich, match, classify, decide, enforce-log, ..., or all). Several pipeline
+    stages run fused in one process; --processes N starts N such processes."""
+    from pipeline.app import App, run_all
 
-    app = App(settings_of(ctx))
+    settings = settings_of(ctx)
+    if processes > 1:
+        from pipeline.runtime.supervisor import Supervisor
+
+        argv = [sys.executable, "-m", "pipeline", "--log-level", logging.getLevelName(logging.getLogger().level)]
+        sys.exit(Supervisor([*argv, "run", *stages], processes, settings.instance_id, settings.metrics_port).run())
+    app = App(settings)
     try:
         run_all(app.runners(list(stages)))
     except ValueError as exc:  # an unknown stage, or a broken model registry or policy
@@ -131,24 +141,36 @@ topic_choice = click.Choice(sorted(TOPICS))
 @click.argument("source", type=click.File("r"), default="-")
 @click.pass_context
 def produce(ctx: click.Context, topic: str, source: IO[str]) -> None:
-    """Produce JSON lines from SOURCE (a file or -) to TOPIC as Avro."""
-    from pipeline.records import record_key
-    from pipeline.sdk import ModerationProducer
+    """Produce JSON lines from SOURCE (a file or -) to TOPIC as Avro.
+
+    A record with an envelope gets the envelope's missing event_id (a new id), platform_id
+    (MODSTREAM_PLATFORM_ID) and occurred_at (now) filled in."""
+    from pipeline.records import fill_envelope, record_key
+    from pipeline.sdk import DeliveryError, ModerationProducer, RecordTooLarge
     from pipeline.serde.avro import EncodeError
     from pipeline.serde.json_form import from_json
 
-    producer = ModerationProducer(settings_of(ctx))
+    settings = settings_of(ctx)
+    producer = ModerationProducer(settings)
+    schema: Any = producer.codec.schemas[TOPICS[topic]]
+    has_envelope = any(f["name"] == "envelope" for f in schema["fields"])
     count = 0
     for lineno, line in enumerate(source, 1):
         if not line.strip():
             continue
         try:
-            value = from_json(producer.codec.schemas, TOPICS[topic], json.loads(line))
+            obj = json.loads(line)
+            if has_envelope and isinstance(obj, dict):
+                obj["envelope"] = fill_envelope(obj.get("envelope"), settings.platform_id)
+            value = from_json(producer.codec.schemas, TOPICS[topic], obj)
             producer.send(topic, value, key=record_key(topic, value))
-        except (json.JSONDecodeError, EncodeError, KeyError) as exc:
+        except (json.JSONDecodeError, EncodeError, KeyError, RecordTooLarge, DeliveryError) as exc:
             raise click.ClickException(f"line {lineno}: {exc}") from exc
         count += 1
-    producer.flush()
+    try:
+        producer.flush()
+    except DeliveryError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"produced {count} records to {producer.settings.topic(topic)}", err=True)
 
 
@@ -177,18 +199,39 @@ def bank() -> None:
 
 @bank.command("import")
 @click.argument("source", type=click.File("r"))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["modstream", "pytx", "local_file", "tcap"]),
+    default=None,
+    help="Detected from the content when left out.",
+)
 @click.option("--bank", "bank_name", default="imported", show_default=True, help="Bank for rows without one.")
+@click.option("--category", default="", help="Category for rows without one (local_file rows have none).")
+@click.option("--severity", default="high", show_default=True, help="Severity for rows without one.")
 @click.option("--source-name", default="import", show_default=True, help="Recorded as each entry's source.")
 @click.pass_context
-def bank_import(ctx: click.Context, source: IO[str], bank_name: str, source_name: str) -> None:
-    """Import SOURCE, a CSV of signal_type,hash,category,severity[,bank]."""
+def bank_import(
+    ctx: click.Context,
+    source: IO[str],
+    fmt: str | None,
+    bank_name: str,
+    category: str,
+    severity: str,
+    source_name: str,
+) -> None:
+    """Import SOURCE, a bank file: modstream CSV (signal_type,hash,category,severity[,bank]),
+    a python-threatexchange dataset CSV, a ThreatExchange local_file or a TCAP/GIFCT-style
+    CSV (hash,algorithm,category). One bad line imports nothing."""
     from pipeline.banks import admin
 
     try:
-        entries = admin.parse_csv(source, bank_name, source_name)
+        parsed = admin.parse(source, bank_name, source_name, fmt, category, severity)
     except admin.BankInputError as exc:
         raise click.ClickException(f"nothing imported: {exc}") from exc
-    click.echo(f"imported {admin.publish(settings_of(ctx), entries)} entries")
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(parsed.skipped.items()))
+    note = f"; left out {skipped} rows (false positives in pytx's opinion)" if skipped else ""
+    click.echo(f"imported {admin.publish(settings_of(ctx), parsed.entries)} entries{note}")
 
 
 @bank.command("add-media")
@@ -227,12 +270,21 @@ def bank_list(ctx: click.Context) -> None:
 
 @bank.command("export")
 @click.option("--bank", "bank_name", default=None, help="Only this bank.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["modstream", "pytx", "local_file", "tcap"]),
+    default="modstream",
+    show_default=True,
+)
 @click.pass_context
-def bank_export(ctx: click.Context, bank_name: str | None) -> None:
-    """Print the banks as CSV (the import format)."""
+def bank_export(ctx: click.Context, bank_name: str | None, fmt: str) -> None:
+    """Print the banks in an import format; signal types the format cannot name are left out."""
     from pipeline.banks import admin
 
-    admin.export_csv(admin.current(settings_of(ctx), bank_name), sys.stdout)
+    left_out = admin.export(admin.current(settings_of(ctx), bank_name), sys.stdout, fmt)
+    for kind, n in sorted(left_out.items()):
+        click.echo(f"left out {n} {kind} entries: the {fmt} format has no name for them", err=True)
 
 
 @bank.command("delete")
@@ -249,6 +301,225 @@ def bank_delete(ctx: click.Context, bank_name: str, signal_type: str | None, val
     click.echo(f"deleted {admin.delete(settings_of(ctx), bank_name, signal_type, value)} entries")
 
 
+# ---- crisis protocol -----------------------------------------------------------------
+@main.group()
+def incident() -> None:
+    """Crisis incidents: declare, add media, close, list, accept a proposed one."""
+
+
+def _hashes_csv(path: str | None) -> list[tuple[str, str]]:
+    """signal_type,hash rows (a header line is allowed)."""
+    if not path:
+        return []
+    rows = []
+    for lineno, line in enumerate(open(path), 1):  # noqa: SIM115 (read through once)
+        parts = [p.strip() for p in line.strip().split(",")]
+        if not parts[0] or parts[0].lower() in ("signal_type", "#"):
+            continue
+        if len(parts) < 2:
+            raise click.ClickException(f"{path} line {lineno}: expected signal_type,hash")
+        rows.append((parts[0], parts[1]))
+    return rows
+
+
+@incident.command("declare")
+@click.option("--title", required=True)
+@click.option("--category", required=True)
+@click.option("--severity", default="critical", show_default=True)
+@click.option("--media", "media", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Seed media files.")
+@click.option("--hashes", type=click.Path(exists=True, dir_okay=False), help="CSV of signal_type,hash seed hashes.")
+@click.option("--reason", default="", help="Why; recorded with the incident.")
+@click.pass_context
+def incident_declare(
+    ctx: click.Context,
+    title: str,
+    category: str,
+    severity: str,
+    media: tuple[str, ...],
+    hashes: str | None,
+    reason: str,
+) -> None:
+    """Declare an incident: bank and share its seed hashes at once, tighten the policy."""
+    from pathlib import Path
+
+    from pipeline.banks.admin import BankInputError
+    from pipeline.policy.crisis import declare
+    from pipeline.signals.media import MediaError
+
+    try:
+        found, n = declare(
+            settings_of(ctx), title, category, severity, [Path(m) for m in media], _hashes_csv(hashes), reason
+        )
+    except (MediaError, BankInputError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{found['incident_id']}\tactive\t{n} hashes banked in incident.{found['incident_id']} and shared")
+
+
+@incident.command("add-media")
+@click.argument("incident_id")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def incident_add_media(ctx: click.Context, incident_id: str, files: tuple[str, ...]) -> None:
+    """Bank and share more seed media for an active incident."""
+    from pathlib import Path
+
+    from pipeline.policy.crisis import add_media
+    from pipeline.signals.media import MediaError
+
+    try:
+        n = add_media(settings_of(ctx), incident_id, [Path(f) for f in files])
+    except (KeyError, ValueError, MediaError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{n} hashes banked and shared for {incident_id}")
+
+
+@incident.command("close")
+@click.argument("incident_id")
+@click.pass_context
+def incident_close(ctx: click.Context, incident_id: str) -> None:
+    """Close an incident: the policy relaxes; its bank stays."""
+    from pipeline.policy.crisis import close
+
+    try:
+        close(settings_of(ctx), incident_id)
+    except KeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{incident_id}\tclosed")
+
+
+@incident.command("accept")
+@click.argument("incident_id")
+@click.option("--reason", default="")
+@click.pass_context
+def incident_accept(ctx: click.Context, incident_id: str, reason: str) -> None:
+    """Turn a proposed incident (flood detection) into a declared one."""
+    from pipeline.policy.crisis import accept
+
+    try:
+        found, n = accept(settings_of(ctx), incident_id, reason)
+    except (KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{found['incident_id']}\tactive\t{n} hashes banked and shared")
+
+
+@incident.command("list")
+@click.pass_context
+def incident_list(ctx: click.Context) -> None:
+    """Incidents, newest first."""
+    from datetime import UTC, datetime
+
+    from pipeline.policy.crisis import incidents
+
+    for i in incidents(settings_of(ctx)):
+        when = datetime.fromtimestamp(i["declared_at"] / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+        click.echo(
+            f"{i['incident_id']}\t{i['status']}\t{when}\t{i['category']}\t{len(i['signals'])} hashes\t{i['title']}"
+        )
+
+
+# ---- exchange and partners ---------------------------------------------------------
+@main.group()
+def exchange() -> None:
+    """Signed hash sharing with partner platforms (run it with `modstream run exchange`)."""
+
+
+@exchange.command("keygen")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.option("--name", default="exchange", show_default=True, help="File name stem.")
+def exchange_keygen(out_dir: str, name: str) -> None:
+    """Write an Ed25519 key pair: NAME.key (private, for MODSTREAM_EXCHANGE_PRIVATE_KEY) and NAME.pub."""
+    from pathlib import Path
+
+    from pipeline.exchange.signing import keygen
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    private, public = folder / f"{name}.key", folder / f"{name}.pub"
+    if private.exists():
+        raise click.ClickException(f"{private} exists; not overwriting a key")
+    keygen(private, public)
+    click.echo(f"wrote {private} (keep it secret) and {public} (give it to partners)")
+
+
+@exchange.command("retract")
+@click.option("--signal-type", required=True)
+@click.option("--hash", "value", required=True)
+@click.pass_context
+def exchange_retract(ctx: click.Context, signal_type: str, value: str) -> None:
+    """Withdraw a hash this platform shared: partners remove it from their banks."""
+    from pipeline.exchange.admin import retract
+    from pipeline.exchange.signing import SignatureError
+
+    try:
+        retract(settings_of(ctx), signal_type, value)
+    except SignatureError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"retracted {signal_type} {value.lower()}")
+
+
+@main.group()
+def partners() -> None:
+    """Partner platforms of the exchange and how far their signals are trusted."""
+
+
+@partners.command("add")
+@click.argument("name")
+@click.option("--public-key", "public_key", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--trust", type=click.Choice(["auto", "review", "ignore"]), required=True)
+@click.option("--platform-id", default=None, help="The platform id its signals carry (default: NAME).")
+@click.option("--category-trust", multiple=True, help="CATEGORY=LEVEL, overriding --trust for a category.")
+@click.pass_context
+def partners_add(
+    ctx: click.Context, name: str, public_key: str, trust: str, platform_id: str | None, category_trust: tuple[str, ...]
+) -> None:
+    """Register (or update) partner NAME with its public key and trust level."""
+    from pathlib import Path
+
+    from pipeline.exchange.admin import add_partner
+    from pipeline.exchange.signing import SignatureError
+
+    overrides = dict(item.split("=", 1) for item in category_trust if "=" in item)
+    try:
+        add_partner(settings_of(ctx), name, Path(public_key).read_text(), trust, platform_id, overrides)
+    except (SignatureError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"partner {name} added with trust {trust}")
+
+
+@partners.command("remove")
+@click.argument("name")
+@click.pass_context
+def partners_remove(ctx: click.Context, name: str) -> None:
+    """Stop accepting NAME's signals."""
+    from pipeline.exchange.admin import remove_partner
+
+    try:
+        remove_partner(settings_of(ctx), name)
+    except KeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"partner {name} removed")
+
+
+@partners.command("list")
+@click.pass_context
+def partners_list(ctx: click.Context) -> None:
+    """Partners, their trust, and how their signals fared: imported, refused, confirmed and
+    disputed by our reviewers, and disputes they sent about ours."""
+    from pipeline.app import connect_redis
+    from pipeline.exchange.admin import list_partners
+
+    settings = settings_of(ctx)
+    click.echo("name\tplatform\ttrust\tstatus\timported\trefused\tconfirmed\tdisputed\tdisputes_received")
+    for p in list_partners(settings, connect_redis(settings.redis_url)):
+        click.echo(
+            "\t".join(
+                str(p[k])
+                for k in ("name", "platform_id", "trust", "status", "imported", "refused", "confirmed", "disputed")
+            )
+            + f"\t{p['disputes_received']}"
+        )
+
+
 # ---- models ----------------------------------------------------------------------
 @main.group()
 def models() -> None:
@@ -256,19 +527,35 @@ def models() -> None:
 
 
 @models.command("build")
-def models_build() -> None:
-    """Train the default text model from the corpus, write it as ONNX with its model card."""
-    from pipeline.models.build import CARD_PATH, MODEL_PATH, build, format_report
+@click.option(
+    "--encoder",
+    type=click.Choice(["e5-small", "use-m3"]),
+    default="e5-small",
+    show_default=True,
+    help="The pretrained sentence encoder (its weights ship in an installed package).",
+)
+@click.option("--threads", type=int, default=0, help="onnxruntime threads for embedding the corpus (0: all cores).")
+def models_build(encoder: str, threads: int) -> None:
+    """Train the default text model's head on the corpus, calibrate its thresholds on the
+    validation split, check them on the held-out set, and write the head, the registry entry
+    and the model card. Prints per-language precision and recall at each threshold."""
+    from pipeline.models.build import CARD_PATH, HEAD_PATH, REGISTRY_PATH, build, format_report
+    from pipeline.models.encoder import EncoderError
 
-    click.echo(format_report(build()))
-    click.echo(f"wrote {MODEL_PATH.name} and {CARD_PATH.name}")
+    try:
+        report = build(threads=threads, encoder_name=encoder)
+    except EncoderError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_report(report))
+    click.echo(f"wrote {HEAD_PATH.name}, {REGISTRY_PATH.name} and {CARD_PATH.name}")
 
 
 @models.command("check")
 @click.argument("registry", type=click.Path(exists=True, dir_okay=False), required=False)
 @click.pass_context
 def models_check(ctx: click.Context, registry: str | None) -> None:
-    """Load every model of REGISTRY (default: the configured one) and run it once."""
+    """Load every model of REGISTRY (default: the configured one) and run it once. The default
+    text model's files are made on first use: this makes them ahead of time."""
     from pathlib import Path
 
     from pipeline.models.registry import DEFAULT_REGISTRY, RegistryError, load_models
@@ -396,21 +683,42 @@ def escalate(ctx: click.Context, interval: float, once: bool, warn_hours: float)
     """Create urgent review tasks for reported items nearing their 24-hour deadline."""
     import time
 
+    from pipeline.app import connect_redis
     from pipeline.policy.deadlines import DeadlineEscalator
-    from pipeline.runtime.app import connect_redis
-    from pipeline.sdk import ModerationProducer
+    from pipeline.records import Output, now_ms
+    from pipeline.runtime import metrics
+    from pipeline.sdk import DeliveryError, ModerationProducer
     from pipeline.state.reports import RedisReportStore
 
     settings = settings_of(ctx)
-    escalator = DeadlineEscalator(RedisReportStore(connect_redis(settings.redis_url)), int(warn_hours * 3_600_000))
+    store = RedisReportStore(connect_redis(settings.redis_url))
+    escalator = DeadlineEscalator(store, int(warn_hours * 3_600_000))
     producer = ModerationProducer(settings)
-    while True:
-        tasks = escalator.run_once()
+    heartbeat = metrics.Heartbeat(stale_after_s=max(60.0, 3 * interval))
+    if settings.metrics_port and not once:  # /metrics (the deadline backlog) and /health, like a stage's
+        metrics.serve(settings.metrics_port)
+        metrics.register_health(
+            "escalate", lambda: {"healthy": heartbeat.age() < heartbeat.stale_after_s, "stage": "escalate"}
+        )
+
+    def publish(tasks: list[Output]) -> None:
         for task in tasks:
             producer.send("review", task.value or {}, key=str(task.key))
-        producer.flush()
-        if tasks:
-            click.echo(f"escalated {len(tasks)} item(s)")
+        producer.flush()  # raises DeliveryError unless every task is acknowledged
+
+    while True:
+        try:
+            escalated = escalator.run_once(publish)  # marks items escalated only once acknowledged
+        except DeliveryError as exc:
+            if once:
+                raise click.ClickException(f"review tasks not acknowledged: {exc}") from exc
+            logger.warning("review tasks not acknowledged, retrying next round: %s", exc)
+            escalated = 0
+        if escalated:
+            click.echo(f"escalated {escalated} item(s)")
+        now = now_ms()
+        metrics.record_deadlines(*store.backlog(now), now)
+        heartbeat.beat()
         if once:
             return
         time.sleep(interval)
@@ -434,10 +742,39 @@ def report(ctx: click.Context, fmt: str, chart: str | None) -> None:
         read_all(settings, "reports"),
         read_all(settings, "enforcement.results"),
         now_ms(),
+        accounts=read_all(settings, "accounts"),
+        incidents=read_all(settings, "incidents"),
     )
     click.echo(json.dumps(data, indent=2) if fmt == "json" else format_text(data))
     if chart:
         Path(chart).write_text(format_html(data))
+
+
+# ---- HTTP API -------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", envvar="MODSTREAM_API_HOST", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, envvar="MODSTREAM_API_PORT", show_default=True)
+@click.option("--access-log/--no-access-log", default=True, envvar="MODSTREAM_API_ACCESS_LOG", show_default=True)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
+    """Serve the HTTP API: POST /v1/check (synchronous check), the HMA-compatible /m, /h and /c
+    endpoints and /openapi.json. Tokens: MODSTREAM_API_TOKENS or MODSTREAM_API_TOKENS_FILE."""
+    from pipeline.api.app import serve as serve_api
+    from pipeline.api.settings import ApiSettings
+    from pipeline.app import App
+
+    settings = settings_of(ctx)
+    try:
+        api = ApiSettings.from_env()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    app = App(settings)
+    try:
+        serve_api(app, api, host, port, access_log)
+    except ValueError as exc:  # a broken model registry or policy
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        app.close()
 
 
 # ---- demo ---------------------------------------------------------------------

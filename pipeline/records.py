@@ -12,6 +12,11 @@ Contract for `process`:
 - If it raises, the runner retries the records one by one and dead-letters
   exactly those that still raise; a stage need not catch per-record errors.
 - It must not block for long: the runner's poll loop waits on it.
+
+Optional: a stage may define `not_before(record: Incoming) -> int | None`, the time (ms
+since the epoch) before which a record must not be processed (a scheduled retry). The
+runner then holds that record's partition, from that record on, until the time comes,
+without blocking the poll loop; nothing at or after it on the partition is committed.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any, Protocol
 Record = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Incoming:
     """A decoded record and where it came from."""
 
@@ -38,7 +43,7 @@ class Incoming:
     raw: bytes | None = None  # the value as read, for dead letters a stage writes itself
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Output:
     """A record to produce: topic short name, key and value (None is a tombstone)."""
 
@@ -102,6 +107,8 @@ def record_key(topic: str, value: Record) -> str:
         return str(value["incident_id"])
     if topic == "dlq":
         return f"{value['topic']}/{value['partition']}/{value['offset']}"
+    if topic == "accounts":
+        return str(value["envelope"]["user_id"])
     return subject_key(value["envelope"])
 
 
@@ -124,19 +131,61 @@ def envelope(
     }
 
 
-def dead_letter(record: Incoming, stage: str, kind: str, error: str, topic_prefix: str) -> Output:
-    """A DeadLetter output for a record a stage gives up on without raising."""
-    value = {
-        "topic": topic_prefix + record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "key": record.key,
-        "value": record.raw,
+DEAD_LETTER_VALUE_MAX = 64 * 1024  # bytes of a raw value a dead letter carries; larger ones keep a prefix
+
+
+def fill_envelope(env: Any, platform_id: str) -> Any:
+    """An envelope (JSON form) with a missing event_id, platform_id and occurred_at filled in;
+    anything that is not an object is returned as it is, for the schema check to refuse."""
+    if env is None:
+        env = {}
+    if not isinstance(env, dict):
+        return env
+    filled = {"content_id": None, "stream_id": None, "user_id": None, **env}
+    if not filled.get("event_id"):
+        filled["event_id"] = new_id()
+    if not filled.get("platform_id"):
+        filled["platform_id"] = platform_id
+    if filled.get("occurred_at") is None:
+        filled["occurred_at"] = now_ms()
+    return filled
+
+
+def dead_letter_value(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    stage: str,
+    kind: str,
+    error: str,
+    keep: int = DEAD_LETTER_VALUE_MAX,
+) -> Record:
+    """A DeadLetter record. A raw value larger than `keep` bytes is cut to its first `keep` bytes,
+    with its size and SHA-256, so that a dead letter always fits in a message."""
+    truncated = value is not None and len(value) > keep
+    return {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": key if key is None or len(key) <= keep else key[:keep],
+        "value": value[:keep] if truncated and value is not None else value,
+        "value_size": None if value is None else len(value),
+        "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
+        "value_truncated": truncated,
         "stage": stage,
         "error_type": kind,
         "error": error[:2000],
         "failed_at": now_ms(),
     }
+
+
+def dead_letter(record: Incoming, stage: str, kind: str, error: str, topic_prefix: str) -> Output:
+    """A DeadLetter output for a record a stage gives up on without raising."""
+    value = dead_letter_value(
+        topic_prefix + record.topic, record.partition, record.offset, record.key, record.raw, stage, kind, error
+    )
     return Output("dlq", record.key, value)
 
 

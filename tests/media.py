@@ -6,9 +6,11 @@ import io
 
 from PIL import Image, ImageEnhance, ImageOps
 
+from pipeline.dev.samples import clip as video
 from pipeline.dev.samples import encode, photo
+from pipeline.dev.samples import frames as frames_of
 
-__all__ = ["TRANSFORMS", "crop_edges", "encode", "photo", "reencode_video", "video"]
+__all__ = ["TRANSFORMS", "crop_edges", "encode", "frames_of", "photo", "reencode_video", "video"]
 
 
 def crop_edges(img: Image.Image, fraction: float = 0.01) -> Image.Image:
@@ -26,34 +28,6 @@ TRANSFORMS = {
     "rotated_90": lambda im: encode(im.transpose(Image.Transpose.ROTATE_90)),
     "png": lambda im: encode(im, "PNG"),
 }
-
-
-def video(
-    seed: int,
-    seconds: int = 6,
-    fps: int = 10,
-    size: tuple[int, int] = (320, 240),
-    codec: str = "mpeg4",
-    scene_seconds: int = 2,
-) -> bytes:
-    """A video of `seconds` with a new scene every `scene_seconds`, each scene a slowly
-    panning photo, encoded with PyAV."""
-    import av
-
-    scenes = [photo(seed * 100 + i, (size[0] + 64, size[1] + 64)) for i in range(seconds // scene_seconds + 1)]
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        for i in range(seconds * fps):
-            scene = scenes[i // (scene_seconds * fps)]
-            shift = (i % (scene_seconds * fps)) // 2
-            frame = scene.crop((shift, shift, shift + size[0], shift + size[1]))
-            for packet in stream.encode(av.VideoFrame.from_image(frame)):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
 
 
 def reencode_video(data: bytes, size: tuple[int, int], codec: str = "mpeg4") -> bytes:

@@ -1,4 +1,5 @@
-"""Bank management for operators: import a CSV, add hashes of a media file, list, export, delete.
+"""Bank management for operators: import and export bank files (the formats are in
+`formats.py`), add the hashes of a media file, list, delete.
 
 Everything goes through the compacted `mod.banks` topic: match processes pick changes
 up within a second. Input is validated before anything is produced.
@@ -6,12 +7,13 @@ up within a second. Input is validated before anything is produced.
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import IO
 
+from pipeline.banks import formats
 from pipeline.config import Settings
 from pipeline.records import Record, now_ms, record_key
 from pipeline.runtime.reader import read_table
@@ -25,7 +27,6 @@ HASH_FORMATS = {
     "video_pdq": re.compile(r"[0-9a-f]{64}"),
 }
 SEVERITIES = ("low", "medium", "high", "critical")
-CSV_FIELDS = ["signal_type", "hash", "category", "severity", "bank"]
 
 
 class BankInputError(ValueError):
@@ -41,13 +42,14 @@ def bank_entry(
     source: str,
     item_id: str | None = None,
 ) -> Record:
-    signal_type, value, severity = (
+    named, signal_type, value, severity = (
+        signal_type.strip(),
         signal_type.strip().lower(),
         value.strip().lower(),
         severity.strip().lower(),
     )
     if signal_type not in HASH_FORMATS:
-        raise BankInputError(f"unknown signal type {signal_type!r}; known: {', '.join(HASH_FORMATS)}")
+        raise BankInputError(f"unknown signal type {named!r}; known: {', '.join(HASH_FORMATS)}")
     if not HASH_FORMATS[signal_type].fullmatch(value):
         raise BankInputError(f"{value!r} is not a valid {signal_type} hash")
     if severity not in SEVERITIES:
@@ -66,25 +68,53 @@ def bank_entry(
     }
 
 
-def parse_csv(lines: Iterable[str], default_bank: str, source: str) -> list[Record]:
-    """Rows `signal_type,hash,category,severity[,bank]`; a header row is allowed. All rows are
-    checked; the error names every bad line."""
-    entries, errors = [], []
-    for lineno, row in enumerate(csv.reader(lines), 1):
-        if not row or row[0].startswith("#") or (lineno == 1 and row[0].strip() == "signal_type"):
-            continue
-        if len(row) not in (4, 5):
-            errors.append(f"line {lineno}: expected 4 or 5 fields, got {len(row)}")
-            continue
+@dataclass
+class Parsed:
+    format: str
+    entries: list[Record]
+    skipped: Counter[str]  # rows left out on purpose, by reason (pytx's NEGATIVE_CLASS, DISPUTED)
+
+
+def parse(
+    lines: Iterable[str],
+    default_bank: str,
+    source: str,
+    fmt: str | None = None,
+    category: str = "",
+    severity: str = "high",
+) -> Parsed:
+    """Entries from a bank file in `fmt` (see pipeline.banks.formats; detected from the content
+    when None); what a row lacks comes from the defaults. All rows are checked, and the error
+    names every bad line: one bad line imports nothing."""
+    lines = list(lines)
+    if lines:
+        lines[0] = lines[0].removeprefix("\ufeff")  # a BOM, as spreadsheets write
+    name = fmt or formats.detect(lines)
+    if name is None:
+        raise BankInputError(
+            f"cannot tell the format from the first line: name it with --format ({', '.join(formats.FORMATS)})"
+        )
+    if "category" not in formats.FORMATS[name].carries and not category.strip():
+        raise BankInputError(f"{name} rows carry no category: give --category")
+    entries, errors, skipped = [], [], Counter[str]()
+    for lineno, row in formats.FORMATS[name].read(lines):
         try:
+            if isinstance(row, str):
+                raise BankInputError(row)
+            if row.skip:
+                skipped[row.skip] += 1
+                continue
+            if not (row.category or category).strip():
+                raise BankInputError("no category in the row, and no --category given")
+            bank = row.bank or default_bank
             entries.append(
-                bank_entry(row[4] if len(row) == 5 else default_bank, row[0], row[1], row[2], row[3], source)
+                bank_entry(bank, row.signal_type, row.hash, row.category or category, row.severity or severity, source)
             )
         except BankInputError as exc:
             errors.append(f"line {lineno}: {exc}")
     if errors:
         raise BankInputError("; ".join(errors[:20]) + (f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""))
-    return entries
+    return Parsed(name, entries, skipped)
 
 
 def media_entries(data: bytes, bank: str, category: str, severity: str, source: str, item_id: str) -> list[Record]:
@@ -123,11 +153,9 @@ def counts(settings: Settings) -> Counter[tuple[str, str]]:
     return Counter((e["bank"], e["signal_type"]) for e in current(settings))
 
 
-def export_csv(entries: Iterable[Record], out: IO[str]) -> None:
-    writer = csv.writer(out)
-    writer.writerow(CSV_FIELDS)
-    for e in sorted(entries, key=lambda e: (e["bank"], e["signal_type"], e["hash"])):
-        writer.writerow([e["signal_type"], e["hash"], e["category"], e["severity"], e["bank"]])
+def export(entries: Iterable[Record], out: IO[str], fmt: str = "modstream") -> Counter[str]:
+    """Writes the entries in `fmt`; returns the signal types the format could not name, with counts."""
+    return formats.FORMATS[fmt].write(entries, out)
 
 
 def delete(settings: Settings, bank: str, signal_type: str | None = None, value: str | None = None) -> int:

@@ -9,7 +9,8 @@ kind of signal, and the matching rules.
   that video (and `video_index_pct` of the video's frames are matched).
 
 The table is written by the bank follower's thread and read by the match stage's, so
-every access takes the lock.
+every access takes the lock. The lock is held only for short work: the PDQ indexes rebuild
+themselves in a background thread (pipeline/banks/pdq.py), never under this lock.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def bank_match(entry: Record, distance: int = 0, item_id: str | None = None, sco
         "source": entry.get("source", ""),
         "item_id": item_id,
         "score": score,
+        "incident_id": entry.get("incident_id"),
     }
 
 
@@ -182,6 +184,22 @@ class BankTable:
             if query_pct >= cfg.video_query_pct and index_pct >= cfg.video_index_pct:
                 dist, key = nearest[(i, item)]
                 out[i].append(bank_match(self._entries[key], dist, item_id=item[1], score=round(query_pct, 1)))
+
+    def video_frame_hits(self, frame_hashes: list[list[str]]) -> list[list[tuple[tuple[str, str], int, Record]]]:
+        """For each frame (its PDQ and dihedral variants), the banked videos it is near: a list of
+        ((bank, item_id), nearest distance, nearest entry), one per video. A live stream counts
+        these over its recent frames (pipeline.stages.live)."""
+        flat = [(i, h) for i, variants in enumerate(frame_hashes) for h in variants]
+        with self._lock:
+            hits = self._video.search([h for _, h in flat], self.config.video_frame_threshold)
+            best: list[dict[tuple[str, str], tuple[int, Record]]] = [{} for _ in frame_hashes]
+            for (i, _), frame_hits in zip(flat, hits, strict=True):
+                for key, dist in frame_hits:
+                    entry = self._entries[key]
+                    item = video_item(entry)
+                    if dist < best[i].get(item, (999, entry))[0]:
+                        best[i][item] = (dist, entry)
+        return [[(item, d, e) for item, (d, e) in sorted(found.items())] for found in best]
 
     # ---- inspection ----------------------------------------------------------
     def entries(self) -> list[Record]:

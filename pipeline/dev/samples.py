@@ -1,9 +1,11 @@
 """Sample media for the demo, benchmarks and tests: photographic-like images (smooth
-structure, edges, texture and sensor noise, not flat noise), drawn from a seed."""
+structure, edges, texture and sensor noise, not flat noise) and short videos of them,
+drawn from a seed."""
 
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -45,3 +47,45 @@ def encode(img: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **options)
     return buf.getvalue()
+
+
+def clip(
+    seed: int,
+    seconds: int = 6,
+    fps: int = 10,
+    size: tuple[int, int] = (320, 240),
+    codec: str = "mpeg4",
+    scene_seconds: int = 2,
+) -> bytes:
+    """An MP4 of `seconds` with a new scene every `scene_seconds`, each scene a slowly
+    panning photo, encoded with PyAV."""
+    import av
+
+    scenes = [photo(seed * 100 + i, (size[0] + 64, size[1] + 64)) for i in range(seconds // scene_seconds + 1)]
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream: Any = container.add_stream(codec, rate=fps)  # a VideoStream; PyAV types it as any stream
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(seconds * fps):
+            scene = scenes[i // (scene_seconds * fps)]
+            shift = (i % (scene_seconds * fps)) // 2
+            frame = scene.crop((shift, shift, shift + size[0], shift + size[1]))
+            for packet in stream.encode(av.VideoFrame.from_image(frame)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def frames(data: bytes, quality: int = 80, size: tuple[int, int] | None = None) -> list[bytes]:
+    """A video as a live platform sends it: one JPEG frame a second (rescaled to `size`)."""
+    import av
+
+    out, next_second = [], 0.0
+    with av.open(io.BytesIO(data), mode="r") as container:
+        for frame in container.decode(container.streams.video[0]):
+            if frame.time is not None and frame.time >= next_second:
+                image = frame.to_image()
+                out.append(encode(image.resize(size) if size else image, quality=quality))
+                next_second += 1.0
+    return out

@@ -11,12 +11,18 @@
 
 A rule fires when every condition in `when` holds. Conditions:
 - kind: [upload, report, live];  live_event: [started, frame, ended]
-- bank_match: {category, severity, bank, signal_type: lists; max_distance: n}
+- bank_match: {category, severity, bank, signal_type: lists; max_distance: n; not_bank: list;
+  overridden_by: list} (a bank name ending in `*` is a prefix: `partner-review.*` names every
+  review-trust partner bank; `not_bank` leaves those banks' matches out; `overridden_by`
+  leaves out perceptual matches (pdq, video_pdq) when the record also matches one of those
+  banks, e.g. a benign bank of news footage, while exact matches still count)
 - score: {label, model (optional), at_least: a number, or `review` / `remove` for the
   model registry's threshold of that label}
 - reports: {distinct_reporters_at_least: n, trust_at_least: x, reason: [..]}
 - account: {identity_verified: bool, strikes_at_least: n, live_suspended: bool}
-- media_error: true;  incident_active: true
+- media_error: true;  incident_active: true (any incident is active)
+- incident_category: true: an active incident's category is the category of one of the
+  record's bank matches or its report reasons (the record belongs to the crisis)
 Actions: allow, remove, review, restrict, end_stream, pending (a report waiting for more
 reports or its deadline). Effects: bank (hashes to the removed bank), share (hash signals
 to partners), strike (the account enforcer adds a strike), suspend_live (and suspends
@@ -27,8 +33,9 @@ An invalid file raises PolicyError naming the rule and the problem.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +47,18 @@ ACTIONS = ("allow", "remove", "review", "restrict", "end_stream", "pending")
 UPHELD = frozenset({"remove", "restrict", "end_stream"})  # actions against the content
 FINAL = UPHELD | {"allow"}  # actions that close a reported item; review and pending do not
 EFFECTS = ("bank", "share", "strike", "suspend_live")
-CONDITIONS = ("kind", "live_event", "bank_match", "score", "reports", "account", "media_error", "incident_active")
+PERCEPTUAL = frozenset({"pdq", "pdq_dihedral", "video_pdq"})
+CONDITIONS = (
+    "kind",
+    "live_event",
+    "bank_match",
+    "score",
+    "reports",
+    "account",
+    "media_error",
+    "incident_active",
+    "incident_category",
+)
 DEFAULT_POLICY = Path(__file__).parent / "default.yaml"
 
 
@@ -65,6 +83,22 @@ class Facts:
     record: Record
     reports: Mapping[str, Any] | None = None  # distinct_reporters, trust, reasons
     incident_active: bool = False
+    incidents: tuple[Record, ...] = ()  # the active incidents, newest first
+
+    @cached_property
+    def categories(self) -> set[str]:
+        """What the record is about, by its evidence: its matches' categories, report reasons."""
+        found = {m["category"] for m in self.record["matches"]}
+        return found | set((self.reports or {}).get("reasons") or ())
+
+    # Sorted once per record, however many rules look at them.
+    @cached_property
+    def matches_nearest_first(self) -> list[Record]:
+        return sorted(self.record["matches"], key=lambda m: m["distance"])
+
+    @cached_property
+    def scores_highest_first(self) -> list[Record]:
+        return sorted(self.record["scores"], key=lambda s: -s["score"])
 
 
 @dataclass(frozen=True)
@@ -74,6 +108,20 @@ class Outcome:
     category: str | None
     severity: str | None
     thresholds: dict[str, float]
+    incident_id: str | None = None  # the incident the decision is taken under
+
+
+def incident_of(rule: Rule, facts: Facts) -> str | None:
+    """The incident a decision names: the incident a matched entry was banked for; else, when
+    the rule fired because of an incident, the active incident of the record's category (or the
+    newest active one)."""
+    for m in facts.matches_nearest_first:
+        if m.get("incident_id"):
+            return str(m["incident_id"])
+    if not {"incident_active", "incident_category"} & set(rule.when) or not facts.incidents:
+        return None
+    mine = [i for i in facts.incidents if i["category"] in facts.categories]
+    return str((mine or list(facts.incidents))[0]["incident_id"])
 
 
 @dataclass(frozen=True)
@@ -84,12 +132,22 @@ class Policy:
     default: Rule
     registry_thresholds: Mapping[tuple[str, str], Any] = field(default_factory=dict)  # (model, label) -> Threshold
 
+    @cached_property
+    def _rules_by_kind(self) -> dict[str, tuple[Rule, ...]]:
+        """The rules that can fire for each kind of record, in order: a rule whose `kind`
+        condition excludes a kind is never tried on it."""
+        return {
+            kind: tuple(r for r in self.rules if kind in r.when.get("kind", (kind,)))
+            for kind in ("upload", "report", "live")
+        }
+
     def evaluate(self, facts: Facts) -> Outcome:
-        for rule in self.rules:
+        kind = facts.record["kind"]
+        for rule in self._rules_by_kind.get(kind, self.rules):
             fired = _fires(rule, facts, self.registry_thresholds)
             if fired is not None:
-                return _outcome(rule, fired)
-        return _outcome(self.default, [])
+                return _outcome(rule, fired, incident_of(rule, facts))
+        return _outcome(self.default, [], incident_of(self.default, facts))
 
 
 # ---- loading and validation ---------------------------------------------------------
@@ -155,7 +213,7 @@ def _rule(raw: Any, where: str) -> Rule:
 
 
 _SHAPES: dict[str, set[str]] = {
-    "bank_match": {"category", "severity", "bank", "signal_type", "max_distance"},
+    "bank_match": {"category", "severity", "bank", "signal_type", "max_distance", "not_bank", "overridden_by"},
     "score": {"label", "model", "at_least"},
     "reports": {"distinct_reporters_at_least", "trust_at_least", "reason"},
     "account": {"identity_verified", "strikes_at_least", "live_suspended"},
@@ -203,16 +261,28 @@ def _live_event(cond: list[str], facts: Facts, _: Any) -> Any:
 
 
 def _bank_match(cond: Mapping[str, Any], facts: Facts, _: Any) -> Any:
-    for m in sorted(facts.record["matches"], key=lambda m: m["distance"]):
-        if all(m[k] in cond[k] for k in ("category", "severity", "bank", "signal_type") if k in cond) and m[
-            "distance"
-        ] <= cond.get("max_distance", 256):
+    overriding = cond.get("overridden_by", ())
+    overridden = bool(overriding) and any(_named(m["bank"], overriding) for m in facts.matches_nearest_first)
+    for m in facts.matches_nearest_first:
+        if overridden and m["signal_type"] in PERCEPTUAL:
+            continue
+        if (
+            all(m[k] in cond[k] for k in ("category", "severity", "signal_type") if k in cond)
+            and ("bank" not in cond or _named(m["bank"], cond["bank"]))
+            and not _named(m["bank"], cond.get("not_bank", ()))
+            and m["distance"] <= cond.get("max_distance", 256)
+        ):
             return m
     return None
 
 
+def _named(bank: str, patterns: Sequence[str]) -> bool:
+    """Whether `bank` is one of `patterns`; a pattern ending in `*` is a prefix."""
+    return any(bank.startswith(p[:-1]) if p.endswith("*") else bank == p for p in patterns)
+
+
 def _score(cond: Mapping[str, Any], facts: Facts, registry: Mapping[tuple[str, str], Any]) -> Any:
-    for s in sorted(facts.record["scores"], key=lambda s: -s["score"]):
+    for s in facts.scores_highest_first:
         if s["label"] != cond["label"] or ("model" in cond and s["model"] != cond["model"]):
             continue
         limit = cond["at_least"]
@@ -255,6 +325,13 @@ def _incident(cond: bool, facts: Facts, _: Any) -> Any:
     return True if facts.incident_active == bool(cond) else None
 
 
+def _incident_category(cond: bool, facts: Facts, _: Any) -> Any:
+    mine = sorted({i["category"] for i in facts.incidents} & facts.categories)
+    if cond:
+        return mine[0] if mine else None
+    return None if mine else True
+
+
 _CHECKS: dict[str, Callable[[Any, Facts, Mapping[tuple[str, str], Any]], Any]] = {
     "kind": _kind,
     "live_event": _live_event,
@@ -264,10 +341,11 @@ _CHECKS: dict[str, Callable[[Any, Facts, Mapping[tuple[str, str], Any]], Any]] =
     "account": _account,
     "media_error": _media_error,
     "incident_active": _incident,
+    "incident_category": _incident_category,
 }
 
 
-def _outcome(rule: Rule, evidence: Evidence) -> Outcome:
+def _outcome(rule: Rule, evidence: Evidence, incident_id: str | None = None) -> Outcome:
     parts, category, severity, thresholds = [], None, None, {}
     for name, found in evidence:
         if name == "bank_match":
@@ -296,7 +374,11 @@ def _outcome(rule: Rule, evidence: Evidence) -> Outcome:
             )
         elif name == "media_error":
             parts.append(f"media could not be checked ({found})")
+        elif name == "incident_category" and found is not True:
+            parts.append(f"during an active incident about {found}")
         else:
             parts.append(f"{name}={found}")
     because = "; ".join(parts) if parts else "no other rule applied"
-    return Outcome(rule, f"{rule.action} by rule {rule.id}: {because}", category, severity, thresholds)
+    if incident_id:
+        because += f" (incident {incident_id})"
+    return Outcome(rule, f"{rule.action} by rule {rule.id}: {because}", category, severity, thresholds, incident_id)

@@ -23,3 +23,13 @@ class IncidentTable:
     def active(self) -> bool:
         with self._lock:
             return any(i["status"] == "active" for i in self._incidents.values())
+
+    def active_incidents(self) -> list[Record]:
+        """The active incidents, newest first."""
+        with self._lock:
+            active = [i for i in self._incidents.values() if i["status"] == "active"]
+        return sorted(active, key=lambda i: -i["declared_at"])
+
+    def all(self) -> list[Record]:
+        with self._lock:
+            return sorted(self._incidents.values(), key=lambda i: -i["declared_at"])

@@ -4,6 +4,12 @@ Reads decisions, enforcement results and reports. For each (category, action): t
 and the time from the upload (or, for a reported item, its first report) to the decision,
 at p50/p90/p99. For reported items: how many got a final decision within 24 hours of their
 first report, how many later, how many are still open.
+
+Live streaming, from decisions, results and (optionally) AccountEvents: how many streams were
+ended (by the rule that ended each), how many cuts the platform confirmed and how long from
+the violating event to the confirmed cut; how many live-access suspensions there were, by
+policy (upheld decisions with the `suspend_live` effect) and by the platform (AccountEvents
+`live_suspended`), on how many accounts, and how many were lifted.
 """
 
 from __future__ import annotations
@@ -32,14 +38,22 @@ def subject(env: Record) -> str:
 
 
 def build_report(
-    decisions: Iterable[Record], reports: Iterable[Record], results: Iterable[Record], now: int
+    decisions: Iterable[Record],
+    reports: Iterable[Record],
+    results: Iterable[Record],
+    now: int,
+    accounts: Iterable[Record] = (),
+    incidents: Iterable[Record] = (),
 ) -> dict[str, Any]:
+    """`accounts`: the AccountEvents, for the suspensions and lifts the platforms made;
+    `incidents`: the Incident records, for a section per incident."""
     first_report: dict[str, int] = {}
     for r in reports:
         key = subject(r["envelope"])
         first_report[key] = min(first_report.get(key, r["envelope"]["occurred_at"]), r["envelope"]["occurred_at"])
     # One decision per event (redeliveries repeat decision ids).
-    unique = {d["decision_id"]: d for d in decisions}.values()
+    unique = list({d["decision_id"]: d for d in decisions}.values())
+    results = list(results)
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
     counts: dict[tuple[str, str], int] = defaultdict(int)
     final_at: dict[str, int] = {}
@@ -83,6 +97,83 @@ def build_report(
         "reported_open_within_deadline": still_open,
         "share_within_24h": within / reported if reported else None,
         "enforcement_results": dict(enforced),
+        "live": live_report(unique, results, accounts),
+        "incidents": incident_report(unique, incidents),
+    }
+
+
+def incident_report(decisions: list[Record], incidents: Iterable[Record]) -> list[dict[str, Any]]:
+    """Per declared incident: the items actioned under it, the time from the declaration to
+    each action, and the share of its copies blocked at upload (not taken down afterwards by
+    retroactive matching or review)."""
+    latest = {i["incident_id"]: i for i in incidents if i["status"] != "proposed"}
+    out = []
+    for incident_id, incident in sorted(latest.items(), key=lambda kv: kv[1]["declared_at"]):
+        actioned = [d for d in decisions if d.get("incident_id") == incident_id and d["action"] in UPHELD]
+        after = [(d["decided_at"] - incident["declared_at"]) / 1000 for d in actioned]
+        at_upload = [
+            d for d in actioned if d["kind"] == "upload" and d["rule_id"] not in ("retroactive-match", "human-review")
+        ]
+        out.append(
+            {
+                "incident_id": incident_id,
+                "title": incident["title"],
+                "status": incident["status"],
+                "category": incident["category"],
+                "items_actioned": len({subject(d["envelope"]) for d in actioned}),
+                "since_declaration_p50_s": percentile(after, 50),
+                "since_declaration_p90_s": percentile(after, 90),
+                "since_declaration_max_s": max(after, default=None),
+                "blocked_at_upload": len(at_upload),
+                "share_blocked_at_upload": len(at_upload) / len(actioned) if actioned else None,
+            }
+        )
+    return out
+
+
+def live_report(decisions: Iterable[Record], results: Iterable[Record], accounts: Iterable[Record]) -> dict[str, Any]:
+    """Streams ended and live-access suspensions (decisions already deduplicated)."""
+    ended: dict[str, Record] = {}  # stream -> its first end_stream decision
+    started: dict[str, int] = {}  # stream -> when its first violating event occurred
+    suspended_users: set[str] = set()
+    by_policy = 0
+    for d in decisions:
+        env = d["envelope"]
+        if d["action"] == "end_stream":
+            stream = subject(env)
+            if stream not in ended or d["decided_at"] < ended[stream]["decided_at"]:
+                ended[stream] = d
+            started[stream] = min(started.get(stream, env["occurred_at"]), env["occurred_at"])
+        if d["action"] in UPHELD and "suspend_live" in (d.get("effects") or ()) and env.get("user_id"):
+            by_policy += 1
+            suspended_users.add(env["user_id"])
+    confirmed: dict[str, int] = {}  # stream -> first confirmation of its cut
+    for r in results:
+        if r["action"] == "end_stream" and r["status"] == "succeeded" and r.get("confirmed_at") is not None:
+            stream = subject(r["envelope"])
+            confirmed[stream] = min(confirmed.get(stream, r["confirmed_at"]), r["confirmed_at"])
+    platform: dict[str, dict[str, Record]] = defaultdict(dict)  # kind -> event id -> event
+    for event in accounts:
+        platform[event["kind"]][event["envelope"]["event_id"]] = event
+    for event in platform["live_suspended"].values():
+        if event["envelope"].get("user_id"):
+            suspended_users.add(event["envelope"]["user_id"])
+    by_rule: dict[str, int] = defaultdict(int)
+    for d in ended.values():
+        by_rule[d["rule_id"]] += 1
+    to_cut = [(t - started[s]) / 1000 for s, t in confirmed.items() if s in started and t >= started[s]]
+    return {
+        "streams_ended": len(ended),
+        "streams_ended_by_rule": dict(sorted(by_rule.items())),
+        "streams_cut_confirmed": len(confirmed),
+        "cut_p50_s": percentile(to_cut, 50),
+        "cut_p90_s": percentile(to_cut, 90),
+        "cut_p99_s": percentile(to_cut, 99),
+        "live_suspensions": by_policy + len(platform["live_suspended"]),
+        "live_suspensions_by_policy": by_policy,
+        "live_suspensions_by_platform": len(platform["live_suspended"]),
+        "live_suspended_accounts": len(suspended_users),
+        "live_suspensions_lifted": len(platform["live_lifted"]),
     }
 
 
@@ -113,6 +204,25 @@ def format_text(report: dict[str, Any]) -> str:
         "enforcement results: "
         + (", ".join(f"{k} {v}" for k, v in sorted(report["enforcement_results"].items())) or "none"),
     ]
+    live = report.get("live")
+    if live:
+        rules = ", ".join(f"{k} {v}" for k, v in live["streams_ended_by_rule"].items())
+        lines += [
+            f"live streams ended: {live['streams_ended']}" + (f" ({rules})" if rules else ""),
+            f"  cut confirmed by the platform: {live['streams_cut_confirmed']}, from the violating event "
+            f"p50 {_fmt(live['cut_p50_s'])}, p90 {_fmt(live['cut_p90_s'])}, p99 {_fmt(live['cut_p99_s'])}",
+            f"live-access suspensions: {live['live_suspensions']} (by policy {live['live_suspensions_by_policy']}, "
+            f"by the platform {live['live_suspensions_by_platform']}) on {live['live_suspended_accounts']} "
+            f"account(s); lifted: {live['live_suspensions_lifted']}",
+        ]
+    for i in report.get("incidents") or []:
+        share = i["share_blocked_at_upload"]
+        lines += [
+            f"incident {i['incident_id']} ({i['status']}, {i['category']}): {i['title']}",
+            f"  items actioned: {i['items_actioned']}; since the declaration p50 {_fmt(i['since_declaration_p50_s'])}, "
+            f"p90 {_fmt(i['since_declaration_p90_s'])}, last {_fmt(i['since_declaration_max_s'])}",
+            f"  copies blocked at upload: {i['blocked_at_upload']}" + (f" ({share:.1%})" if share is not None else ""),
+        ]
     return "\n".join(lines)
 
 

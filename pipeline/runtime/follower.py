@@ -4,6 +4,12 @@ beginning and then live.
 Tansu (the embedded broker) does not compact, and even Kafka keeps the head of
 a compacted log uncompacted, so the follower applies latest-wins by key itself
 and treats a null value as a delete.
+
+A record the follower cannot apply (undecodable value or key, no key) is dead-lettered to
+`mod.dlq` and skipped. Every process that follows the topic (each match and serve process)
+reads all of it, on every start, so each writes the same dead letters: keyed by the record's
+topic/partition/offset (`record_key("dlq", ...)`), with the same content but for
+`failed_at`. Readers of the dead-letter topic can drop the repeats by key.
 """
 
 from __future__ import annotations
@@ -13,13 +19,17 @@ import threading
 import time
 from typing import Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer
 
 from pipeline.config import TOPICS, Settings
-from pipeline.records import Record
+from pipeline.records import Record, dead_letter_value, record_key
+from pipeline.runtime import metrics
+from pipeline.runtime.reader import TopicScan
 from pipeline.serde import Codec, DecodeError
 
 logger = logging.getLogger(__name__)
+
+FLUSH_ON_STOP_S = 10.0
 
 
 class Table(Protocol):
@@ -27,67 +37,91 @@ class Table(Protocol):
 
 
 class TopicFollower(threading.Thread):
-    """A daemon thread that keeps `table` equal to the topic. `caught_up` is set once the
-    start-time end of every partition has been applied."""
+    """A daemon thread that keeps `table` equal to the topic. `caught_up` is set once every
+    partition has been read to its end (see TopicScan), so the table holds at least every
+    record written before the follower started."""
 
     def __init__(self, settings: Settings, codec: Codec, table: Table, topic: str, poll_s: float = 0.1) -> None:
         super().__init__(name=f"{topic}-follower", daemon=True)
         self.topic = topic
+        self.stage = f"{topic}-follower"  # the stage of its metrics and dead letters
         self.settings = settings
         self.codec = codec
         self.table = table
         self.poll_s = poll_s
         self.caught_up = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
+        self._producer: Producer | None = None  # for dead letters, made at the first
         self.errors = 0
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def wait_caught_up(self, timeout_s: float = 60.0) -> None:
         if not self.caught_up.wait(timeout_s):
             raise TimeoutError(f"{self.topic} topic not loaded within {timeout_s} s")
 
     def run(self) -> None:
-        topic = self.settings.topic(self.topic)
-        consumer = Consumer(self.settings.consumer_config(None))
+        scan = TopicScan(self.settings, self.settings.topic(self.topic))
         try:
-            meta = consumer.list_topics(topic, timeout=30)
-            partitions = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
-            if not partitions:
-                raise RuntimeError(f"topic {topic} does not exist: run `modstream topics create`")
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions}
-            positions = {p: 0 for p in partitions}
             started = time.monotonic()
-            while not self._stop.is_set():
-                for msg in consumer.consume(1000, self.poll_s):
-                    if msg.error():
-                        logger.warning("%s follower: %s", self.topic, msg.error())
-                        continue
-                    positions[int(msg.partition() or 0)] = int(msg.offset() or 0) + 1
-                    self._apply(msg.key(), msg.value())
-                if not self.caught_up.is_set() and all(positions[p] >= ends[p] for p in partitions):
+            while not self._stopping.is_set():
+                for msg in scan.consume(1000, self.poll_s):
+                    self._apply(msg)
+                if self._producer is not None:
+                    self._producer.poll(0)  # delivery reports of dead letters; never waits
+                if scan.at_end and not self.caught_up.is_set():
                     logger.info("%s loaded in %.2f s", self.topic, time.monotonic() - started)
                     self.caught_up.set()
         finally:
-            consumer.close()
+            scan.close()
+            if self._producer is not None:
+                left = self._producer.flush(FLUSH_ON_STOP_S)
+                if left:
+                    logger.error("%s: %d dead letters not delivered at stop", self.stage, left)
 
-    def _apply(self, key: bytes | None, value: bytes | None) -> None:
-        if key is None:
-            self.errors += 1
-            logger.warning("%s record without key ignored", self.topic)
-            return
-        if value is None:
-            self.table.apply(key.decode(), None)
+    def _apply(self, msg: Message) -> None:
+        raw_key, raw_value = msg.key(), msg.value()
+        if raw_key is None:
+            self._dead_letter(msg, "key", "record without a key")
             return
         try:
-            entry = self.codec.decode(TOPICS[self.topic], value)
-        except DecodeError as exc:
-            self.errors += 1
-            logger.warning("undecodable %s record %r ignored: %s", self.topic, key, exc)
+            key = raw_key.decode()
+        except UnicodeDecodeError as exc:
+            self._dead_letter(msg, "decode", f"key is not UTF-8: {exc}")
             return
-        self.table.apply(key.decode(), entry)
+        if raw_value is None:
+            self.table.apply(key, None)
+            return
+        try:
+            entry = self.codec.decode(TOPICS[self.topic], raw_value)
+        except DecodeError as exc:
+            self._dead_letter(msg, "decode", f"{type(exc).__name__}: {exc}")
+            return
+        self.table.apply(key, entry)
+
+    def _dead_letter(self, msg: Message, kind: str, reason: str) -> None:
+        self.errors += 1
+        metrics.ERRORS.labels(self.stage, kind).inc()
+        topic, partition, offset = str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)
+        logger.warning("dead-lettering %s[%d]@%d in %s: %s", topic, partition, offset, self.stage, reason)
+        letter = dead_letter_value(topic, partition, offset, msg.key(), msg.value(), self.stage, kind, reason)
+        dlq = self.settings.topic("dlq")
+        value = self.codec.encode("DeadLetter", letter, f"{dlq}-value")
+        if self._producer is None:
+            self._producer = Producer(self.settings.producer_config())
+        while not self._stopping.is_set():
+            try:
+                self._producer.produce(dlq, value, key=record_key("dlq", letter).encode(), on_delivery=self._delivered)
+                return
+            except BufferError:  # the local queue is full: wait for deliveries, a little at a time
+                self._producer.poll(0.5)
+        logger.error("%s stopped before dead-lettering %s[%d]@%d", self.stage, topic, partition, offset)
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            metrics.ERRORS.labels(self.stage, "delivery").inc()
+            logger.error("%s: dead letter for %s not delivered: %s", self.stage, msg.key(), err)
 
 
 class BankFollower(TopicFollower):

@@ -1,7 +1,9 @@
 """Prometheus metrics and the health endpoint of a processor.
 
 Metrics are module-level, as prometheus_client intends, labelled by stage so
-that fused stages and several runners in one process stay apart.
+that fused stages and several runners in one process stay apart. A process has
+one metrics server whatever the number of runners in it (`serve` is idempotent);
+each runner registers its health check, and /health reports them all.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,16 +36,72 @@ E2E_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 CONSUMER_LAG = Gauge("modstream_consumer_lag", "Messages behind the end", ["stage", "topic", "partition"])
+HEALTHY = Gauge("modstream_healthy", "1 while a runner's poll loop goes round (as /health says), else 0", ["stage"])
+# The 24-hour deadline of reported items (set by `modstream escalate`, from the report store).
+DEADLINE_ITEMS = Gauge(
+    "modstream_deadline_items",
+    "Reported items without a final decision: all (open), first reported 20 h ago or more (past_20h), "
+    "past their 24 h deadline (overdue)",
+    ["state"],
+)
+DEADLINE_OLDEST_SECONDS = Gauge(
+    "modstream_deadline_oldest_age_seconds", "Time since the first report of the oldest item without a final decision"
+)
 
 
-def record_lag(stage: str, stats_json: str) -> None:
-    """librdkafka statistics callback: export per-partition consumer lag."""
+def record_lag(stage: str, stats_json: str, assigned: Collection[tuple[str, int]] | None = None) -> None:
+    """librdkafka statistics callback: export per-partition consumer lag. With `assigned` (the
+    (topic, partition) pairs this consumer owns), the series of a partition it no longer owns
+    is removed, so after a rebalance only the new owner's lag is summed."""
     stats = json.loads(stats_json)
     for topic, tdata in stats.get("topics", {}).items():
         for partition, pdata in tdata.get("partitions", {}).items():
+            if partition == "-1":
+                continue
             lag = pdata.get("consumer_lag", -1)
-            if partition != "-1" and lag >= 0:
+            if assigned is not None and (topic, int(partition)) not in assigned:
+                CONSUMER_LAG.remove(stage, topic, partition)
+            elif lag >= 0:
                 CONSUMER_LAG.labels(stage, topic, partition).set(lag)
+
+
+def record_deadlines(open_items: int, past_20h: int, overdue: int, oldest_reported_at: int | None, now_ms: int) -> None:
+    """Exports the deadline backlog: counts of reported items awaiting a final decision."""
+    DEADLINE_ITEMS.labels("open").set(open_items)
+    DEADLINE_ITEMS.labels("past_20h").set(past_20h)
+    DEADLINE_ITEMS.labels("overdue").set(overdue)
+    DEADLINE_OLDEST_SECONDS.set(0 if oldest_reported_at is None else max(0.0, (now_ms - oldest_reported_at) / 1000))
+
+
+_health_checks: dict[str, Callable[[], dict[str, Any]]] = {}
+_servers: dict[int, HealthServer] = {}
+_server_lock = threading.Lock()
+
+
+def register_health(name: str, check: Callable[[], dict[str, Any]]) -> None:
+    """Adds a runner's (or another loop's) check to /health, and to `modstream_healthy`."""
+    _health_checks[name] = check
+    HEALTHY.labels(name).set_function(lambda: 1.0 if check().get("healthy") else 0.0)
+
+
+def unregister_health(name: str) -> None:
+    _health_checks.pop(name, None)
+    HEALTHY.remove(name)
+
+
+def process_health() -> dict[str, Any]:
+    """Every registered runner's health; healthy only if all are (and there is one)."""
+    runners = [check() for check in list(_health_checks.values())]
+    return {"healthy": bool(runners) and all(r["healthy"] for r in runners), "runners": runners}
+
+
+def serve(port: int) -> HealthServer:
+    """Starts this process's metrics and health server on `port`, once: every runner of the
+    process that asks for the same port shares it (it lives as long as the process)."""
+    with _server_lock:
+        if port not in _servers:
+            _servers[port] = HealthServer(port, process_health).start()
+        return _servers[port]
 
 
 class HealthServer:

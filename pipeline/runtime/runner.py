@@ -1,25 +1,38 @@
 """The Kafka runner: drives one stage, or several fused in one process.
 
-For each batch the runner does, in order:
+Each turn of the poll loop does, in order:
 
-1. Wait up to `batch_timeout_s` for a first message, then take whatever else is
+1. Serve the producer's delivery reports. A batch whose outputs are all
+   acknowledged is complete; the offsets of complete batches are committed in
+   consumption order (never past a batch still in flight), asynchronously, at
+   most every `COMMIT_INTERVAL_S`. Partitions held for a scheduled retry whose
+   time has come are resumed.
+2. Wait up to `batch_timeout_s` for a first message, then take whatever else is
    already fetched, up to `batch_size`, without waiting: batches grow with load
    and a lone event is not held back to fill one.
-2. Decode each by its topic's schema. A message that does not decode becomes
-   a dead letter (`mod.dlq`) carrying its raw bytes, the reason and its origin.
-3. Hand the decoded records to the stages that read their topic. When stages
+3. Decode each by its topic's schema. A message that does not decode becomes a
+   dead letter (`mod.dlq`) carrying (a bounded prefix of) its raw bytes, the
+   reason and its origin. A record a stage says is not yet due (`not_before`)
+   holds its partition from that offset on: the consumer seeks back to it and
+   pauses the partition until the time comes.
+4. Hand the decoded records to the stages that read their topic. When stages
    are fused, an output for a topic that a later stage reads is handed over in
    memory instead of produced. If a stage raises on a batch, its records are
-   retried one by one and only those that still raise are dead-lettered.
-4. Encode and produce the outputs and dead letters.
-5. At-least-once: flush the producer and check every delivery report. Exactly-
-   once: send the batch's offsets into the open transaction and commit it.
-6. Commit the offsets after the last message of the batch (at-least-once),
-   asynchronously; synchronously on partition revocation and on shutdown.
+   retried one by one and only those that still raise are dead-lettered; an
+   output larger than `message_max_bytes` makes its record raise.
+5. Encode and produce the outputs and dead letters without waiting for their
+   acknowledgements (pipelining: batch N+1 is processed while batch N's
+   acknowledgements arrive). At most `MAX_IN_FLIGHT` batches are in flight;
+   beyond that the loop waits for acknowledgements (backpressure).
+   Exactly-once instead produces each batch in a transaction with its offsets
+   and commits the transaction before the next batch.
 
-If a delivery fails (or a transaction aborts), no offset moves: the consumer
-seeks back to the first offset of the batch and the batch is redone, so
-nothing is lost; outputs may then repeat, which is why effects are idempotent.
+If a delivery fails (or a transaction aborts), no offset moves past the failed
+batch: the runner waits for what is in flight, commits what completed before
+it, seeks every partition back to its first unacknowledged offset and redoes
+from there, so nothing is lost; outputs may then repeat, which is why effects
+are idempotent. On partition revocation and on shutdown everything in flight
+is flushed and the completed offsets are committed synchronously.
 
 The runner stops cleanly on SIGTERM or SIGINT (or `stop()` from another
 thread): it finishes the batch in hand, commits, and leaves the group.
@@ -31,19 +44,24 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pipeline.config import TOPICS, Settings
-from pipeline.records import Incoming, Output, Stage, now_ms
+from pipeline.records import Incoming, Output, Stage, dead_letter_value, now_ms
 from pipeline.runtime import metrics
 from pipeline.serde import Codec, DecodeError
 
 logger = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_S = 0.5  # commit completed offsets at most this often (and always on revoke/shutdown)
+MAX_IN_FLIGHT = 8  # batches produced but not yet fully acknowledged
+FLUSH_TIMEOUT_S = 60.0
+_Partition = tuple[str, int]  # (full topic name, partition)
 
 
 @dataclass(slots=True)
@@ -54,12 +72,52 @@ class _Encoded:
     occurred_at: int | None  # for end-to-end latency
 
 
+@dataclass(slots=True)
+class Processed:
+    """What a batch of messages gave: outputs to produce, the messages it consumed (their
+    offsets may be committed once the outputs are acknowledged), and partitions to hold."""
+
+    outputs: list[_Encoded]
+    consumed: list[Message]
+    deferred: dict[_Partition, tuple[int, int]] = field(default_factory=dict)  # -> (offset, due_ms)
+
+
+class _InFlight:
+    """One produced batch: how many outputs await acknowledgement, and the offsets it covers."""
+
+    __slots__ = ("first", "next", "pending", "error", "outputs")
+
+    def __init__(self, consumed: list[Message], outputs: list[_Encoded]) -> None:
+        self.first: dict[_Partition, int] = {}
+        self.next: dict[_Partition, int] = {}
+        for m in consumed:
+            topic, partition, offset = _where(m)
+            self.first.setdefault((topic, partition), offset)
+            self.next[(topic, partition)] = offset + 1
+        self.pending = len(outputs)
+        self.error: str | None = None
+        self.outputs = outputs
+
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        self.pending -= 1
+        if err is not None and self.error is None:
+            self.error = f"{msg.topic()}: {err}"
+
+    @property
+    def done(self) -> bool:
+        return self.pending <= 0
+
+
 # (topic, partition, offset) -> (key, value) of the messages in a batch, for dead letters.
 _RawIndex = dict[tuple[str, int, int], tuple[bytes | None, bytes | None]]
 
 
 class DeliveryFailed(Exception):
     """A produced record was not acknowledged; the batch must be redone."""
+
+
+class OutputTooLarge(Exception):
+    """A stage produced a record larger than the configured message size."""
 
 
 class Runner:
@@ -72,15 +130,24 @@ class Runner:
         codec: Codec | None = None,
         group: str | None = None,
         before_commit: Callable[[], None] | None = None,
+        consume_from: Settings | None = None,
+        exchange: Settings | None = None,
     ) -> None:
         """`before_commit`, if given, runs after a batch's outputs are acknowledged and
-        before its offsets (or its transaction) are committed: a seam for fault injection."""
+        before its offsets (or its transaction) are committed: a seam for fault injection.
+        `consume_from` points the consumer at another cluster, and `exchange` names the cluster
+        that outputs to the `exchange` topic go to (the partners' cluster); a runner that spans
+        two clusters is at-least-once."""
         if not stages:
             raise ValueError("a runner needs at least one stage")
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique: {names}")
         self.settings = settings
+        self.consume_from = consume_from or settings
+        self.exchange = exchange
+        if (consume_from or exchange) and settings.exactly_once:
+            raise ValueError("exactly-once cannot span two clusters; run this runner at-least-once")
         self.stages = list(stages)
         self.codec = codec or Codec(registry_url=settings.schema_registry_url)
         self.name = "+".join(names)
@@ -98,13 +165,22 @@ class Runner:
         self._topics = {short: settings.topic(short) for short in TOPICS}
         self._stop = threading.Event()
         self.heartbeat = metrics.Heartbeat()
-        self.assigned: set[tuple[str, int]] = set()
+        self.assigned: set[_Partition] = set()
         self.ready = threading.Event()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._delivery_errors: list[str] = []
-        self._pending_latency: list[_Encoded] = []
-        self._health_server: metrics.HealthServer | None = None
+        self._exchange_producer: Producer | None = None  # outputs to the exchange, when on another cluster
+        self._in_flight: deque[_InFlight] = deque()
+        self._committable: dict[_Partition, int] = {}  # next offsets of completed batches, not yet committed
+        self._last_commit = 0.0
+        self._paused: dict[_Partition, int] = {}  # held partition -> resume at (ms)
+        # Per input topic, the `not_before` of the stages that read it (most topics have none).
+        self._not_before: dict[str, list[Callable[[Incoming], int | None]]] = {}
+        for stage in self.stages:
+            check = getattr(stage, "not_before", None)
+            if check is not None:
+                for topic in stage.inputs:
+                    self._not_before.setdefault(topic, []).append(check)
 
     # ---- lifecycle -------------------------------------------------------
     def stop(self) -> None:
@@ -117,6 +193,8 @@ class Runner:
             "stage": self.name,
             "group": self.group,
             "assigned": sorted(f"{t}[{p}]" for t, p in self.assigned),
+            "held": sorted(f"{t}[{p}]" for t, p in self._paused),
+            "in_flight_batches": len(self._in_flight),
             "last_poll_age_s": round(age, 3),
         }
 
@@ -125,7 +203,8 @@ class Runner:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
         if self.settings.metrics_port:
-            self._health_server = metrics.HealthServer(self.settings.metrics_port, self.health).start()
+            metrics.serve(self.settings.metrics_port)
+        metrics.register_health(self.name, self.health)
         self._open()
         logger.info(
             "stage %s consuming %s as group %s (%s)",
@@ -140,16 +219,19 @@ class Runner:
                 self.run_once()
         finally:
             self._close()
+            metrics.unregister_health(self.name)
 
     def _open(self) -> None:
         s = self.settings
-        conf = s.consumer_config(
+        conf = self.consume_from.consumer_config(
             self.group,
-            **{"statistics.interval.ms": 5000, "stats_cb": lambda j: metrics.record_lag(self.name, j)},
+            **{"statistics.interval.ms": 5000, "stats_cb": lambda j: metrics.record_lag(self.name, j, self.assigned)},
         )
         self._consumer = Consumer(conf)
         txn_id = f"{self.group}-{s.instance_id}" if s.exactly_once else None
         self._producer = Producer(s.producer_config(txn_id))
+        if self.exchange is not None and self.exchange.bootstrap_servers != s.bootstrap_servers:
+            self._exchange_producer = Producer(self.exchange.producer_config())
         if txn_id:
             self._producer.init_transactions(30)
         self._consumer.subscribe(
@@ -157,13 +239,17 @@ class Runner:
         )
 
     def _close(self) -> None:
-        consumer, producer = self._consumer, self._producer
-        if producer is not None:
-            producer.flush(10)
-        if consumer is not None:
-            consumer.close()  # commits nothing by itself (auto-commit is off); leaves the group
-        if self._health_server is not None:
-            self._health_server.stop()
+        consumer = self._consumer
+        try:
+            if consumer is not None and self._producer is not None:
+                try:
+                    self._settle()
+                except DeliveryFailed as exc:  # nothing past the failure is committed; the group redoes it
+                    logger.error("stage %s: %s at shutdown", self.name, exc)
+                self._commit(sync=True)
+        finally:
+            if consumer is not None:
+                consumer.close()  # commits nothing by itself (auto-commit is off); leaves the group
         logger.info("stage %s stopped", self.name)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -172,41 +258,44 @@ class Runner:
         logger.info("stage %s assigned %s", self.name, [f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # The poll loop is single-threaded: when this runs inside consume(), the
-        # previous batch is fully produced and its offsets already committed
-        # asynchronously; a synchronous commit here makes sure they landed.
-        self.assigned -= {(p.topic, p.partition) for p in partitions}
+        # Runs inside consume(), between batches: every batch in hand has been produced.
+        # Flush them and commit what completed, so the next owner starts right after it.
+        revoked = {(p.topic, p.partition) for p in partitions}
+        self.assigned -= revoked
         if not self.settings.exactly_once:
             try:
-                consumer.commit(asynchronous=False)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError._NO_OFFSET:
-                    logger.warning("commit on revoke failed: %s", exc)
+                self._settle()
+            except DeliveryFailed as exc:  # commit what completed before it; the next owner redoes the rest
+                self._redo([], str(exc))
+            self._commit(sync=True)
+        for tp in revoked:
+            self._paused.pop(tp, None)
 
-    # ---- one batch -------------------------------------------------------
+    # ---- one turn of the loop ---------------------------------------------
     def run_once(self) -> int:
-        """Consume, process and commit one batch; returns the number of messages."""
+        """Serve acknowledgements and commits, then consume, process and produce one batch;
+        returns the number of messages taken."""
         assert self._consumer is not None and self._producer is not None
+        try:
+            self._serve()
+        except DeliveryFailed as exc:
+            self._redo([], str(exc))
+            return 0
         first = self._consumer.poll(self.settings.batch_timeout_s)
         if first is None:
-            self._producer.poll(0)
             return 0
         messages = [first, *self._consumer.consume(self.settings.batch_size - 1, 0)]
         messages = [m for m in messages if not self._is_error(m)]
         if not messages:
-            self._producer.poll(0)
             return 0
         started = time.perf_counter()
         try:
             if self.settings.exactly_once:
                 self._transact(messages)
             else:
-                self._deliver(messages)
+                self._pipeline(messages)
         except DeliveryFailed as exc:
-            logger.error("stage %s: %s; redoing the batch", self.name, exc)
-            metrics.ERRORS.labels(self.name, "delivery").inc()
-            self._rewind(messages)
-            time.sleep(0.5)
+            self._redo(messages, str(exc))
             return 0
         metrics.BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         return len(messages)
@@ -221,27 +310,138 @@ class Runner:
         metrics.ERRORS.labels(self.name, "consumer").inc()
         return True
 
-    def _deliver(self, messages: list[Message]) -> None:
+    def _pipeline(self, messages: list[Message]) -> None:
+        """At-least-once: produce the batch's outputs and go on; offsets follow the acks."""
+        assert self._producer is not None
+        done = self.process(messages)
+        self._hold(done.deferred)
+        batch = _InFlight(done.consumed, done.outputs)
+        self._in_flight.append(batch)
+        self._produce(done.outputs, batch.on_delivery)
+        while len(self._in_flight) > MAX_IN_FLIGHT:  # backpressure: wait for acknowledgements
+            self._poll(0.01)
+            self._retire()
+
+    def _serve(self) -> None:
+        self._poll(0)
+        self._retire()
+        now = time.monotonic()
+        if self._committable and now - self._last_commit >= COMMIT_INTERVAL_S:
+            self._commit(sync=False)
+        self._resume_due()
+
+    def _retire(self) -> None:
+        """Moves completed batches, oldest first, to the committable offsets; raises
+        DeliveryFailed (through run_once's caller) if the oldest batch failed."""
+        while self._in_flight and self._in_flight[0].done:
+            batch = self._in_flight[0]
+            if batch.error is not None:
+                raise DeliveryFailed(f"delivery failed: {batch.error}")
+            self._in_flight.popleft()
+            self._committable.update(batch.next)
+            self._record_latency(batch.outputs)
+
+    def _settle(self) -> None:
+        """Waits for every batch in flight; completed ones become committable."""
+        assert self._producer is not None
+        if self._in_flight:
+            self._flush(FLUSH_TIMEOUT_S)
+        self._retire()
+        if self._in_flight:
+            raise DeliveryFailed(f"{len(self._in_flight)} batches not acknowledged within {FLUSH_TIMEOUT_S} s")
+
+    def _poll(self, timeout_s: float) -> None:
+        assert self._producer is not None
+        self._producer.poll(timeout_s)
+        if self._exchange_producer is not None:
+            self._exchange_producer.poll(0)
+
+    def _flush(self, timeout_s: float) -> None:
+        assert self._producer is not None
+        self._producer.flush(timeout_s)
+        if self._exchange_producer is not None:
+            self._exchange_producer.flush(timeout_s)
+
+    def _commit(self, sync: bool) -> None:
         assert self._consumer is not None
-        self._produce(self.process_messages(messages))
-        self._flush()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._committable.items() if (t, p) in self.assigned]
+        self._committable.clear()
+        self._last_commit = time.monotonic()
+        if not offsets:
+            return
         if self._before_commit:
             self._before_commit()
-        self._consumer.commit(offsets=self._next_offsets(messages), asynchronous=True)
+        try:
+            if sync:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:  # the group moved on (rebalance); the next owner redoes from its offset
+            logger.warning("stage %s: commit failed: %s", self.name, exc)
+
+    def _redo(self, messages: list[Message], reason: str) -> None:
+        """A delivery failed: settle what is in flight, commit what completed before the failure,
+        and seek every partition back to its first offset not known to be done."""
+        assert self._consumer is not None and self._producer is not None
+        logger.error("stage %s: %s; redoing from the first unacknowledged record", self.name, reason)
+        metrics.ERRORS.labels(self.name, "delivery").inc()
+        self._flush(FLUSH_TIMEOUT_S)
+        rewind: dict[_Partition, int] = {}
+        failed = False
+        for batch in [*self._in_flight, _InFlight(messages, [])]:
+            if not failed and batch.done and batch.error is None:
+                self._committable.update(batch.next)
+                continue
+            failed = True
+            for tp, offset in batch.first.items():
+                rewind[tp] = min(offset, rewind.get(tp, offset))
+        self._in_flight.clear()
+        self._commit(sync=True)
+        for (t, p), o in rewind.items():
+            if (t, p) in self.assigned:
+                self._consumer.seek(TopicPartition(t, p, o))
+        time.sleep(0.5)
+
+    def _hold(self, deferred: dict[_Partition, tuple[int, int]]) -> None:
+        """Seeks each deferred partition back to its first not-yet-due record and pauses it."""
+        assert self._consumer is not None
+        for (t, p), (offset, due) in deferred.items():
+            tp = TopicPartition(t, p, offset)
+            self._consumer.seek(tp)
+            self._consumer.pause([tp])
+            self._paused[(t, p)] = due
+
+    def _resume_due(self) -> None:
+        if not self._paused:
+            return
+        assert self._consumer is not None
+        now = now_ms()
+        due = [tp for tp, at in self._paused.items() if at <= now]
+        if due:
+            self._consumer.resume([TopicPartition(t, p) for t, p in due])
+            for tp in due:
+                del self._paused[tp]
 
     def _transact(self, messages: list[Message]) -> None:
         assert self._consumer is not None and self._producer is not None
         producer = self._producer
-        outputs = self.process_messages(messages)
+        done = self.process(messages)
+        errors: list[str] = []
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                errors.append(f"{msg.topic()}: {err}")
+
         try:
             producer.begin_transaction()
-            self._produce(outputs)
+            self._produce(done.outputs, on_delivery)
             if self._before_commit:
                 producer.flush(30)
                 self._before_commit()
-            producer.send_offsets_to_transaction(
-                self._next_offsets(messages), self._consumer.consumer_group_metadata(), 30
-            )
+            if done.consumed:
+                producer.send_offsets_to_transaction(
+                    self._next_offsets(done.consumed), self._consumer.consumer_group_metadata(), 30
+                )
             producer.commit_transaction(60)
         except KafkaException as exc:
             error = exc.args[0]
@@ -252,37 +452,29 @@ class Runner:
             except KafkaException as abort_exc:
                 logger.warning("abort_transaction failed: %s", abort_exc)
             raise DeliveryFailed(f"transaction aborted: {error}") from exc
-        self._record_latency(outputs)
+        if errors:
+            raise DeliveryFailed(f"{len(errors)} deliveries failed: {errors[0]}")
+        self._hold(done.deferred)
+        self._record_latency(done.outputs)
 
-    def _produce(self, outputs: list[_Encoded]) -> None:
+    def _produce(self, outputs: list[_Encoded], on_delivery: Callable[[KafkaError | None, Message], None]) -> None:
         assert self._producer is not None
-        self._delivery_errors.clear()
-        produce = self._producer.produce
+        local, topics = self._producer, self._topics
         counts: Counter[str] = Counter()
         for out in outputs:
+            producer = self._exchange_producer if out.topic == "exchange" and self._exchange_producer else local
             while True:
                 try:
-                    produce(self._topics[out.topic], value=out.value, key=out.key, on_delivery=self._on_delivery)
+                    producer.produce(topics[out.topic], value=out.value, key=out.key, on_delivery=on_delivery)
                     break
                 except BufferError:  # local queue full: serve delivery reports, then retry
-                    self._producer.poll(0.1)
+                    self._poll(0.05)
+                except KafkaException as exc:  # refused locally (e.g. too large): the batch is redone
+                    on_delivery(exc.args[0], _Refused(topics[out.topic]))  # type: ignore[arg-type]  # only .topic() is read
+                    break
             counts[out.topic] += 1
         for topic, n in counts.items():
             metrics.RECORDS_OUT.labels(self.name, topic).inc(n)
-        self._pending_latency = outputs
-
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err}")
-
-    def _flush(self) -> None:
-        assert self._producer is not None
-        remaining = self._producer.flush(60)
-        if remaining:
-            raise DeliveryFailed(f"{remaining} records not acknowledged within 60 s")
-        if self._delivery_errors:
-            raise DeliveryFailed(f"{len(self._delivery_errors)} deliveries failed: {self._delivery_errors[0]}")
-        self._record_latency(self._pending_latency)
 
     def _record_latency(self, outputs: Iterable[_Encoded]) -> None:
         now = now_ms()
@@ -295,43 +487,58 @@ class Runner:
 
     @staticmethod
     def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
-        last: dict[tuple[str, int], int] = {}
+        last: dict[_Partition, int] = {}
         for m in messages:
             topic, partition, offset = _where(m)
             last[(topic, partition)] = offset
         return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
-    def _rewind(self, messages: list[Message]) -> None:
-        assert self._consumer is not None
-        first: dict[tuple[str, int], int] = {}
-        for m in messages:
-            topic, partition, offset = _where(m)
-            first.setdefault((topic, partition), offset)
-        for (t, p), o in first.items():
-            self._consumer.seek(TopicPartition(t, p, o))
-
     # ---- decode, process, encode (no Kafka I/O) --------------------------
     def process_messages(self, messages: Sequence[Message]) -> list[_Encoded]:
-        """Steps 2 to 4 for a batch of raw messages; returns what to produce."""
+        """Steps 3 and 4 for a batch of raw messages; returns what to produce."""
+        return self.process(messages).outputs
+
+    def process(self, messages: Sequence[Message]) -> Processed:
+        """Steps 3 and 4: decode, hold what is not yet due, run the stages, encode."""
         out: list[_Encoded] = []
         batch: list[Incoming] = []
+        consumed: list[Message] = []
         raw: _RawIndex = {}
+        deferred: dict[_Partition, tuple[int, int]] = {}
         counts: Counter[str] = Counter()
+        now = now_ms()
         for m in messages:
             full_topic, partition, offset = _where(m)
+            if (full_topic, partition) in deferred:
+                continue  # held from an earlier record of this partition on
             topic = self.settings.short_name(full_topic)
-            counts[topic] += 1
             try:
                 value = self.codec.decode(TOPICS[topic], m.value())
             except DecodeError as exc:
                 out.append(self._dead_letter(topic, partition, offset, m.key(), m.value(), "decode", exc))
+                consumed.append(m)
+                counts[topic] += 1
+                continue
+            record = Incoming(topic, m.key(), value, partition, offset, m.value())
+            due = self._due(record) if topic in self._not_before else None
+            if due is not None and due > now:
+                deferred[(full_topic, partition)] = (offset, due)
                 continue
             raw[(topic, partition, offset)] = (m.key(), m.value())
-            batch.append(Incoming(topic, m.key(), value, partition, offset, m.value()))
+            batch.append(record)
+            consumed.append(m)
+            counts[topic] += 1
         for topic, n in counts.items():
             metrics.RECORDS_IN.labels(self.name, topic).inc(n)
         out.extend(self._run_chain(batch, raw))
-        return out
+        return Processed(out, consumed, deferred)
+
+    def _due(self, record: Incoming) -> int | None:
+        for not_before in self._not_before[record.topic]:
+            due = not_before(record)
+            if due is not None:
+                return due
+        return None
 
     def _run_chain(self, batch: list[Incoming], raw: _RawIndex) -> list[_Encoded]:
         out: list[_Encoded] = []
@@ -378,8 +585,16 @@ class Runner:
         for o in self.stages[index].process(records):
             if o.topic in self._internal[index]:
                 handed.append(Incoming(o.topic, _key_bytes(o.key), o.value or {}, origin.partition, origin.offset))
-            else:
-                encoded.append(self._encode(o))
+                continue
+            e = self._encode(o)
+            if o.topic == "dlq":  # a dead letter the stage wrote itself
+                metrics.ERRORS.labels(self.stages[index].name, str((o.value or {}).get("error_type"))).inc()
+            if e.value is not None and len(e.value) > self.settings.message_max_bytes:
+                raise OutputTooLarge(
+                    f"a {len(e.value)}-byte record for {o.topic} exceeds the message limit of "
+                    f"{self.settings.message_max_bytes} bytes (MODSTREAM_MESSAGE_MAX_BYTES)"
+                )
+            encoded.append(e)
         return handed, encoded
 
     def _raw_of(self, record: Incoming, raw: _RawIndex) -> tuple[bytes | None, bytes | None]:
@@ -412,18 +627,18 @@ class Runner:
         metrics.ERRORS.labels(stage, kind).inc()
         reason = f"{type(exc).__name__}: {exc}"
         logger.warning("dead-lettering %s[%d]@%d in %s: %s", topic, partition, offset, stage, reason)
-        letter = {
-            "topic": self.settings.topic(topic),
-            "partition": partition,
-            "offset": offset,
-            "key": key,
-            "value": value,
-            "stage": stage,
-            "error_type": kind,
-            "error": reason[:2000],
-            "failed_at": now_ms(),
-        }
-        return _Encoded("dlq", key, self.codec.encode("DeadLetter", letter, self._subject("dlq")), None)
+        letter = dead_letter_value(self.settings.topic(topic), partition, offset, key, value, stage, kind, reason)
+        return _Encoded("dlq", letter["key"], self.codec.encode("DeadLetter", letter, self._subject("dlq")), None)
+
+
+class _Refused:
+    """Stands in for the message of a record the producer refused before sending it."""
+
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+
+    def topic(self) -> str:
+        return self._topic
 
 
 def _where(m: Message) -> tuple[str, int, int]:

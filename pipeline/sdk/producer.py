@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from pipeline.config import TOPICS, Settings
 from pipeline.records import Record, envelope, subject_key
@@ -20,6 +20,10 @@ class DeliveryError(Exception):
     def __init__(self, failures: list[tuple[str, str]]) -> None:
         super().__init__(f"{len(failures)} events not delivered; first: {failures[0][0]}: {failures[0][1]}")
         self.failures = failures  # (event_id, reason)
+
+
+class RecordTooLarge(ValueError):
+    """A record larger than the configured message size: send large media by `media_uri`."""
 
 
 class ModerationProducer:
@@ -96,6 +100,28 @@ class ModerationProducer:
         }
         return self.send("live", event)
 
+    def send_account_update(
+        self,
+        user_id: str,
+        kind: str,
+        *,
+        actor: str = "",
+        reason: str = "",
+        until: int | None = None,
+        **env: Any,
+    ) -> str:
+        """Tells modstream about an account: `kind` is identity_verified, identity_unverified,
+        live_suspended (until `until`, ms since the epoch; None: until lifted) or live_lifted.
+        Keyed by user_id, so the updates of one account are applied in order."""
+        event = {
+            "envelope": self._envelope(user_id=user_id, **env),
+            "kind": kind,
+            "actor": actor,
+            "reason": reason,
+            "until": until,
+        }
+        return self.send("accounts", event, key=user_id)
+
     def _envelope(self, **fields: Any) -> Record:
         return envelope(fields.pop("platform_id", self.settings.platform_id), **fields)
 
@@ -104,6 +130,11 @@ class ModerationProducer:
         value = self.codec.encode(TOPICS[topic], event, f"{self.settings.topic(topic)}-value")
         env = event.get("envelope") or {}
         event_id = env.get("event_id", "")
+        if len(value) > self.settings.message_max_bytes:
+            raise RecordTooLarge(
+                f"{topic} record {event_id or ''} is {len(value)} bytes, over the message limit of "
+                f"{self.settings.message_max_bytes} (MODSTREAM_MESSAGE_MAX_BYTES); send large media by media_uri"
+            )
         self._produce(topic, key or (subject_key(env) if env else None), value, event_id)
         return event_id
 
@@ -121,6 +152,8 @@ class ModerationProducer:
                 break
             except BufferError:
                 self.producer.poll(0.1)
+            except KafkaException as exc:  # refused before sending (too large, unknown topic...)
+                raise DeliveryError([(event_id or "?", str(exc.args[0]))]) from exc
         self.producer.poll(0)
 
     def flush(self, timeout_s: float = 30.0) -> None:

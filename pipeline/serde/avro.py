@@ -68,9 +68,26 @@ class SchemaSet:
             name: fastavro.parse_schema(fastavro.schema.expand_schema(s), _write_hint=False)
             for name, s in self.parsed.items()
         }
+        # The same, marked as parsed so that fastavro does not parse them again on every call.
+        self.ready = {name: fastavro.parse_schema(fastavro.schema.expand_schema(s)) for name, s in self.parsed.items()}
+        self.record_unions = {name: _record_unions(s) for name, s in self.parsed.items()}
 
     def __getitem__(self, name: str) -> Schema:
         return self.parsed[name]
+
+    def tagged(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
+        """`record` with each value of a ["null", SomeRecord] field tagged with its branch
+        (fastavro's tuple notation): fastavro then skips validating the value against every
+        branch of the union, which is most of the cost of encoding such a record."""
+        unions = self.record_unions[name]
+        if not unions:
+            return record
+        tagged = dict(record)
+        for field, branch in unions:
+            value = tagged.get(field)
+            if value is not None and not isinstance(value, tuple):
+                tagged[field] = (branch, value)
+        return tagged
 
     def canonical(self, name: str) -> str:
         return to_parsing_canonical_form(self.expanded[name])
@@ -91,7 +108,7 @@ class LocalRegistry:
     def __init__(self, schemas: SchemaSet) -> None:
         self.schemas = schemas
         self._ids = {n: zlib.crc32(schemas.canonical(n).encode()) & 0x7FFFFFFF for n in schemas.parsed}
-        self._by_id = {i: schemas.expanded[n] for n, i in self._ids.items()}
+        self._by_id = {i: schemas.ready[n] for n, i in self._ids.items()}
 
     def id_for(self, subject: str, record_type: str) -> int:
         return self._ids[record_type]
@@ -130,7 +147,7 @@ class ConfluentRegistry:
             schema = self.schemas.full_schema_json(record_type)
             reply = self._call("POST", f"/subjects/{subject}/versions", {"schema": schema})
             self._ids[key] = int(reply["id"])
-            self._by_id[self._ids[key]] = self.schemas.expanded[record_type]
+            self._by_id[self._ids[key]] = self.schemas.ready[record_type]
         return self._ids[key]
 
     def schema_for(self, schema_id: int) -> Schema:
@@ -151,13 +168,17 @@ class Codec:
         self.registry: Registry = (
             ConfluentRegistry(registry_url, self.schemas) if registry_url else LocalRegistry(self.schemas)
         )
+        self._headers: dict[tuple[str, str], bytes] = {}
 
     def encode(self, record_type: str, record: dict[str, Any], subject: str = "") -> bytes:
-        schema_id = self.registry.id_for(subject or record_type, record_type)
+        header = self._headers.get((subject, record_type))
+        if header is None:
+            schema_id = self.registry.id_for(subject or record_type, record_type)
+            header = self._headers[(subject, record_type)] = _HEADER.pack(MAGIC, schema_id)
         buf = io.BytesIO()
-        buf.write(_HEADER.pack(MAGIC, schema_id))
+        buf.write(header)
         try:
-            fastavro.schemaless_writer(buf, self.schemas[record_type], record)
+            fastavro.schemaless_writer(buf, self.schemas.ready[record_type], self.schemas.tagged(record_type, record))
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise EncodeError(f"{record_type}: {_brief(exc)}") from exc
         return buf.getvalue()
@@ -170,7 +191,7 @@ class Codec:
         _, schema_id = _HEADER.unpack_from(raw)
         try:
             writer = self.registry.schema_for(schema_id)
-            reader = self.schemas.expanded[record_type]
+            reader = self.schemas.ready[record_type]
             written_as = str(writer.get("name", "")) if isinstance(writer, dict) else ""
             if written_as and isinstance(reader, dict) and written_as != reader["name"]:
                 raise DecodeError(f"{record_type}: record was written as {written_as}", raw)
@@ -188,6 +209,20 @@ class Codec:
         if not isinstance(record, dict):
             raise DecodeError(f"{record_type}: decoded to {type(record).__name__}, not a record", raw)
         return record
+
+
+_PRIMITIVES = frozenset({"null", "string", "bytes", "int", "long", "float", "double", "boolean"})
+
+
+def _record_unions(schema: Any) -> list[tuple[str, str]]:
+    """(field, record type name) for each field of `schema` typed ["null", <a record type>]."""
+    out = []
+    for f in schema.get("fields", []) if isinstance(schema, dict) else []:
+        branches = f["type"] if isinstance(f["type"], list) else []
+        named = [b for b in branches if b != "null"]
+        if len(named) == 1 and len(branches) == 2 and isinstance(named[0], str) and named[0] not in _PRIMITIVES:
+            out.append((f["name"], named[0]))
+    return out
 
 
 def _brief(exc: BaseException, limit: int = 300) -> str:

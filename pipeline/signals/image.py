@@ -45,11 +45,11 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image | None:
     return image
 
 
-def rgb_array(image: Image.Image, fast: bool = True) -> np.ndarray:
+def rgb_array(image: Image.Image, fast: bool = True, min_side: int = DRAFT_MIN_SIDE) -> np.ndarray:
     if fast and image.format == "JPEG":
-        image.draft("RGB", (DRAFT_MIN_SIDE, DRAFT_MIN_SIDE))
+        image.draft("RGB", (min_side, min_side))
     try:
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
         raise MediaError(f"corrupt image ({image.format}): {exc}") from exc
 
@@ -63,8 +63,8 @@ def pdq_of_array(rgb: np.ndarray) -> tuple[str, int]:
     return pdq_hex(bits), int(quality)
 
 
-def image_signals(image: Image.Image, fast: bool = True) -> list[Record]:
-    hashes, quality = pdqhash.compute_dihedral(rgb_array(image, fast))
+def image_signals(image: Image.Image, fast: bool = True, min_side: int = DRAFT_MIN_SIDE) -> list[Record]:
+    hashes, quality = pdqhash.compute_dihedral(rgb_array(image, fast, min_side))
     original, *others = (pdq_hex(h) for h in hashes)
     signals = [signal("pdq", original, int(quality))]
     signals += [signal("pdq_dihedral", h, int(quality)) for h in dict.fromkeys(others) if h != original]

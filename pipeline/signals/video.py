@@ -3,11 +3,15 @@
 Consecutive frames whose hashes are within `DEDUP_DISTANCE` of the last kept
 one are collapsed (a still scene yields one hash), and frames below the
 quality floor are dropped: PDQ of a flat or dark frame matches anything.
+
+Decoding is bounded in time (`timeout_s`, checked between decoded frames) and in the
+number of frames decoded, so a video crafted to decode slowly cannot hold a stage.
 """
 
 from __future__ import annotations
 
 import io
+import time
 
 import av
 import numpy as np
@@ -19,7 +23,16 @@ DEDUP_DISTANCE = 8
 FRAME_SIDE = 512  # frames are scaled so their longer side is at most this before hashing
 
 
-def video_signals(data: bytes, *, max_pixels: int, max_seconds: float, min_quality: int) -> list[Record]:
+def video_signals(
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_seconds: float,
+    min_quality: int,
+    timeout_s: float = 20.0,
+    max_frames: int = 250_000,
+) -> list[Record]:
+    deadline = time.monotonic() + timeout_s
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.FFmpegError, ValueError) as exc:
@@ -36,7 +49,11 @@ def video_signals(data: bytes, *, max_pixels: int, max_seconds: float, min_quali
         last_bits: np.ndarray | None = None
         next_second = 0
         try:
-            for frame in container.decode(stream):
+            for decoded, frame in enumerate(container.decode(stream), 1):
+                if time.monotonic() > deadline:
+                    raise MediaError(f"video decoding exceeded {timeout_s:g} s")
+                if decoded > max_frames:
+                    raise MediaError(f"video has more than {max_frames} frames")
                 if frame.time is None or frame.time < next_second:
                     continue
                 if frame.time > max_seconds:

@@ -7,16 +7,25 @@ policy sees them; a burst creates one review task per item, however many reports
 Every reported item has a deadline 24 hours after its first report; a final decision on
 it records when it was actioned. Review verdicts (`mod.review.verdicts`) become final
 Decisions and update the trust of the item's reporters.
+
+The one task of a reported item has an id derived from the item, and a claim in the report
+store names the report that owns it (its event id). Claims are taken only once every record
+of the batch is decided, so a record that raises takes none; the owner's record, redelivered
+or retried alone, emits the same task again, and every other report of the item emits none.
+Readers of `mod.review` keep one task per task_id.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.policy.engine import FINAL, UPHELD, Facts, Outcome, Policy
 from pipeline.records import Incoming, Output, Record, now_ms, record_key, stable_id, subject_key
-from pipeline.state.reports import DAY_MS
+from pipeline.state.reports import deadline_of, reported_at
+
+CLAIM_CACHE_MAX = 100_000  # items whose review-task owner this process remembers
 
 BANKABLE = frozenset({"md5", "sha256", "pdq", "video_pdq"})
 
@@ -59,6 +68,7 @@ def removal_entries(signals: list[Record], d: Record, bank: str) -> list[Output]
             "source": f"{d['envelope']['platform_id']}:decision:{d['decision_id']}",
             "added_at": d["decided_at"],
             "item_id": item if s["signal_type"] == "video_pdq" else None,
+            "incident_id": d.get("incident_id"),
         }
         entries.append(Output("banks", record_key("banks", entry), entry))
     return entries
@@ -75,11 +85,22 @@ def shared_signals(signals: list[Record], d: Record) -> list[Output]:
                 "category": d["category"] or "removed",
                 "severity": d["severity"] or "high",
                 "source_platform": d["envelope"]["platform_id"],
-                "incident_id": None,
+                "incident_id": d.get("incident_id"),
                 "shared_at": d["decided_at"],
             }
             out.append(Output("shared.signals", record_key("shared.signals", signal), signal))
     return out
+
+
+@dataclass
+class _Decided:
+    """What one record decided: its outputs, and the effects that wait until the whole batch is
+    decided (so that a record that raises leaves no claim and no write behind)."""
+
+    outputs: list[Output]
+    claim: tuple[str, str, Output] | None = None  # content_id, event_id, the review task it emits if it owns it
+    resolved: tuple[str, int] | None = None  # content_id, actioned_at
+    verdict: tuple[str, bool, str] | None = None  # content_id, upheld, task_id
 
 
 class DecideStage:
@@ -92,14 +113,16 @@ class DecideStage:
         reports: Any = None,  # a ReportStore (and ContentStore); None disables report aggregation
         removed_bank: str = "removed",
         inputs: tuple[str, ...] = ("classified", "review.verdicts"),
-        incident_active: Callable[[], bool] = lambda: False,
+        incidents: Callable[[], list[Record]] = list,
     ) -> None:
+        """`incidents` gives the active incidents (newest first), read once per batch."""
         self.policy = policy
         self.reports = reports
         self.removed_bank = removed_bank
         self.inputs = inputs
-        self.incident_active = incident_active
-        self._claimed: set[str] = set()  # items known to have their review task (claims never revert)
+        self.incidents = incidents
+        # content_id -> event id of the report owning the item's review task (claims never change)
+        self._owners: dict[str, str] = {}
 
     def process(self, batch: Sequence[Incoming]) -> list[Output]:
         records = [r.value for r in batch if r.topic != "review.verdicts"]
@@ -108,18 +131,30 @@ class DecideStage:
         if self.reports is not None and reported:
             for r, agg in zip(reported, self.reports.add_reports([r["report"] for r in reported]), strict=True):
                 aggregates[r["envelope"]["event_id"]] = agg
-        incident = self.incident_active()
-        out: list[Output] = []
+        incidents = tuple(self.incidents())
+        # 1. Decide every record; nothing below this loop runs if one of them raises.
+        decided: list[_Decided] = []
         for incoming in batch:
             if incoming.topic == "review.verdicts":
-                out += self.verdict(incoming.value)
+                decided.append(self._verdict(incoming.value))
             else:
                 agg = aggregates.get(incoming.value["envelope"]["event_id"])
-                out += self.decide(incoming.value, agg, incident)
+                decided.append(self._decide(incoming.value, agg, incidents))
+        # 2. Claim the reported items' review tasks; 3. the writes the decisions entail.
+        owners = self._claim([d.claim[:2] for d in decided if d.claim])
+        out: list[Output] = []
+        for d in decided:
+            out += d.outputs
+            if d.claim and owners[d.claim[0]] == d.claim[1]:
+                out.append(d.claim[2])
+            if d.verdict and self.reports is not None:
+                self.reports.verdict(*d.verdict)
+            if d.resolved and self.reports is not None:
+                self.reports.resolve(*d.resolved)
         return out
 
-    def decide(self, record: Record, agg: dict[str, Any] | None = None, incident: bool = False) -> list[Output]:
-        outcome = self.policy.evaluate(Facts(record, agg, incident))
+    def _decide(self, record: Record, agg: dict[str, Any] | None, incidents: tuple[Record, ...]) -> _Decided:
+        outcome = self.policy.evaluate(Facts(record, agg, bool(incidents), incidents))
         rule = outcome.rule
         d = decision(
             record,
@@ -131,43 +166,62 @@ class DecideStage:
             severity=outcome.severity,
             thresholds=outcome.thresholds,
             effects=list(rule.effects),
+            incident_id=outcome.incident_id,
         )
-        out = [Output("decisions", subject_key(record["envelope"]), d)]
+        result = _Decided([Output("decisions", subject_key(record["envelope"]), d)])
         if rule.action == "review":
-            out += self._review(record, d, outcome, agg)
+            task = self._task(record, d, outcome, agg)
+            content_id = record["envelope"].get("content_id")
+            if agg is not None and self.reports is not None and content_id:
+                result.claim = (content_id, record["envelope"]["event_id"], task)
+            else:
+                result.outputs.append(task)
         if "bank" in rule.effects and rule.action in UPHELD:
-            out += removal_entries(record["signals"], d, self.removed_bank)
+            result.outputs += removal_entries(record["signals"], d, self.removed_bank)
         if "share" in rule.effects and rule.action in UPHELD:
-            out += shared_signals(record["signals"], d)
+            result.outputs += shared_signals(record["signals"], d)
         if rule.action in FINAL and record["kind"] == "report" and self.reports is not None:
-            self.reports.resolve(record["envelope"]["content_id"], d["decided_at"])  # a reported item, acted on
-        return out
+            result.resolved = (record["envelope"]["content_id"], d["decided_at"])  # a reported item, acted on
+        return result
 
-    def _review(self, record: Record, d: Record, outcome: Outcome, agg: dict[str, Any] | None) -> list[Output]:
-        content_id = record["envelope"].get("content_id")
+    def _task(self, record: Record, d: Record, outcome: Outcome, agg: dict[str, Any] | None) -> Output:
+        env = record["envelope"]
+        content_id = env.get("content_id")
         if agg is not None and self.reports is not None and content_id:
-            if content_id in self._claimed or not self.reports.claim_review(content_id):
-                self._remember_claim(content_id)
-                return []  # this item already has its review task
-            self._remember_claim(content_id)
-        deadline = agg["deadline"] if agg else record["envelope"]["occurred_at"] + DAY_MS
+            task_id = stable_id(content_id, "report-review")  # one task per reported item
+            deadline = agg["deadline"]
+        else:
+            task_id = stable_id(d["decision_id"], "review")
+            deadline = deadline_of(reported_at(env["occurred_at"], d["decided_at"]))
         task = {
-            "task_id": stable_id(d["decision_id"], "review"),
-            "envelope": record["envelope"],
+            "task_id": task_id,
+            "envelope": env,
             "priority": outcome.rule.review_priority,
             "deadline": deadline,
             "reason": d["explanation"],
             "decision_id": d["decision_id"],
             "created_at": now_ms(),
         }
-        return [Output("review", subject_key(record["envelope"]), task)]
+        return Output("review", subject_key(env), task)
 
-    def _remember_claim(self, content_id: str) -> None:
-        if len(self._claimed) > 100_000:
-            self._claimed.clear()
-        self._claimed.add(content_id)
+    def _claim(self, claims: list[tuple[str, str]]) -> dict[str, str]:
+        """content_id -> the event id owning its review task; the first claim in the batch of
+        an item not already known is sent to the store."""
+        owners = {cid: self._owners[cid] for cid, _ in claims if cid in self._owners}
+        first: dict[str, str] = {}
+        for cid, eid in claims:
+            if cid not in owners:
+                first.setdefault(cid, eid)
+        if first:
+            ask = list(first.items())
+            for (cid, _), owner in zip(ask, self.reports.claim_reviews(ask), strict=True):
+                owners[cid] = owner
+                if len(self._owners) >= CLAIM_CACHE_MAX:
+                    self._owners.clear()
+                self._owners[cid] = owner
+        return owners
 
-    def verdict(self, v: Record) -> list[Output]:
+    def _verdict(self, v: Record) -> _Decided:
         env = v["envelope"]
         record = {
             "envelope": env,
@@ -190,10 +244,10 @@ class DecideStage:
             effects=["bank", "strike"] if v["action"] in UPHELD else [],
         )
         d["decision_id"] = stable_id(v["task_id"], "verdict")
-        out = [Output("decisions", subject_key(env), d)]
+        result = _Decided([Output("decisions", subject_key(env), d)])
         if v["action"] in UPHELD:
-            out += removal_entries(record["signals"], d, self.removed_bank)
+            result.outputs += removal_entries(record["signals"], d, self.removed_bank)
         if self.reports is not None and content_id:
-            self.reports.verdict(content_id, v["action"] in UPHELD, v["task_id"])
-            self.reports.resolve(content_id, d["decided_at"])
-        return out
+            result.verdict = (content_id, v["action"] in UPHELD, v["task_id"])
+            result.resolved = (content_id, d["decided_at"])
+        return result

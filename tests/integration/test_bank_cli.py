@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from pipeline.config import Settings
 from tests.media import encode, photo, video
 
+from ..conftest import settings_env
 from .test_cli import cli
 
 pytestmark = pytest.mark.integration
@@ -17,6 +20,19 @@ pytestmark = pytest.mark.integration
 MD5 = hashlib.md5(b"x").hexdigest()
 SHA = hashlib.sha256(b"x").hexdigest()
 PDQ = "f" * 64
+DATA = Path(__file__).parent.parent / "data" / "banks"
+
+
+def export_bytes(settings: Settings, *args: str) -> bytes:
+    """`bank export` as bytes: pytx's CSV ends its lines with CRLF."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--log-level", "WARNING", "bank", "export", *args],
+        capture_output=True,
+        env=settings_env(settings),
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def test_import_list_export_delete(settings: Settings, tmp_path: Path) -> None:
@@ -74,3 +90,28 @@ def test_add_media_banks_image_and_video_hashes(settings: Settings, tmp_path: Pa
     (tmp_path / "junk.jpg").write_bytes(b"junk" * 10)
     out = cli(settings, "bank", "add-media", str(tmp_path / "junk.jpg"), "--bank", "tvec", "--category", "terrorism")
     assert out.returncode != 0 and "not a decodable image or video" in out.stderr
+
+
+def test_exchange_formats_import_and_export(settings: Settings, tmp_path: Path) -> None:
+    """pytx dataset CSV and local_file round trip through the banks topic byte for byte; a
+    TCAP-style CSV imports; what a format cannot name is left out, and said so."""
+    pytx, local_file = DATA / "pytx_dataset.csv", DATA / "local_file.txt"
+    assert cli(settings, "bank", "import", str(pytx), "--severity", "critical").stdout.strip() == "imported 5 entries"
+    assert export_bytes(settings, "--format", "pytx") == pytx.read_bytes()
+
+    out = cli(settings, "bank", "import", str(local_file), "--bank", "te")
+    assert out.returncode != 0 and "local_file rows carry no category: give --category" in out.stderr
+    out = cli(settings, "bank", "import", str(local_file), "--format", "local_file", "--bank", "te", "--category", "t")
+    assert out.stdout.strip() == "imported 4 entries", out.stderr
+    assert export_bytes(settings, "--format", "local_file", "--bank", "te") == local_file.read_bytes()
+
+    out = cli(settings, "bank", "import", str(DATA / "tcap.csv"), "--bank", "tcap")
+    assert out.stdout.strip() == "imported 4 entries", out.stderr
+    listed = cli(settings, "bank", "list").stdout.splitlines()
+    assert "tcap\tpdq\t2" in listed and "tcap\tmd5\t1" in listed and "tvec\tsha256\t2" in listed
+
+    (tmp_path / "frames.csv").write_text(f"video_pdq,{PDQ},terrorism,critical,gifct\n")
+    assert cli(settings, "bank", "import", str(tmp_path / "frames.csv")).returncode == 0
+    out = cli(settings, "bank", "export", "--format", "tcap", "--bank", "gifct")
+    assert out.stdout.splitlines()[0] == "hash,algorithm,category" and len(out.stdout.splitlines()) == 3
+    assert "left out 1 video_pdq entries: the tcap format has no name for them" in out.stderr

@@ -140,3 +140,60 @@ def test_demo_prints_decisions(settings: Settings, tmp_path: Path) -> None:
     assert out.stdout.count("REMOVE") == 2
     assert "ALLOW" in out.stdout and "REVIEW" in out.stdout
     assert "demo complete" in out.stdout
+
+
+def test_produce_fills_the_envelope_and_refuses_oversized_records_cleanly(settings: Settings) -> None:
+    line = {"envelope": {"content_id": "c-minimal", "user_id": "u1"}, "text": "hello"}
+    out = cli(settings, "produce", "uploads", stdin=json.dumps(line) + "\n")
+    assert out.returncode == 0, out.stderr
+    tailed = cli(settings, "tail", "uploads", "--from-beginning", "--max", "1", "--timeout", "10").stdout
+    env = json.loads(tailed)["envelope"]
+    assert env["event_id"] and env["platform_id"] == "local" and env["occurred_at"] > 0
+    assert env["content_id"] == "c-minimal"
+
+    huge = {"envelope": {"content_id": "c-huge"}, "text": "x" * 1_200_000}
+    out = cli(settings, "produce", "uploads", stdin=json.dumps(huge) + "\n")
+    assert out.returncode == 1
+    assert "over the message limit" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_run_processes_starts_members_of_one_group(settings: Settings, tmp_path: Path) -> None:
+    import urllib.request
+
+    from pipeline.dev.services import free_port
+    from pipeline.sdk import ModerationProducer
+
+    port = free_port()
+    while port + 1 == free_port():  # the second member listens on port + 1
+        port = free_port()
+    log = (tmp_path / "members.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "--processes", "2", "enrich"],
+        env=settings_env(settings) | {"MODSTREAM_METRICS_PORT": str(port)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def assigned(member_port: int) -> set[str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{member_port}/health", timeout=2) as r:
+                return {p for runner in json.loads(r.read())["runners"] for p in runner["assigned"]}
+        except OSError:
+            return set()
+
+    try:
+        with ModerationProducer(settings) as producer:
+            sent = {producer.send_upload(f"c{i}", "u", text=f"post {i}") for i in range(30)}
+        out = cli(settings, "tail", "enriched", "--from-beginning", "--max", "30", "--timeout", "60")
+        deadline = time.monotonic() + 60
+        members = [assigned(port), assigned(port + 1)]
+        every = 2 * settings.partitions  # uploads and reports (live events take the live path)
+        while not (all(members) and len(members[0] | members[1]) == every) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            members = [assigned(port), assigned(port + 1)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    assert all(members) and not members[0] & members[1]  # both members hold partitions, none twice
+    assert len(members[0] | members[1]) == every
+    assert {json.loads(line)["envelope"]["event_id"] for line in out.stdout.splitlines()} == sent

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import ImageOps
 
+from pipeline.app import App
 from pipeline.banks.admin import bank_entry, media_entries, publish
 from pipeline.config import Settings
-from pipeline.runtime.app import App
 from pipeline.sdk import ModerationProducer
 from tests.media import TRANSFORMS, encode, photo, reencode_video, video
 from tests.unit.test_media_safety import png_bomb

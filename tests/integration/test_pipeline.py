@@ -6,11 +6,11 @@ import hashlib
 
 import pytest
 
+from pipeline.app import connect_redis
 from pipeline.banks.table import BankTable
 from pipeline.config import Settings
 from pipeline.policy.engine import load_policy
 from pipeline.records import now_ms, record_key
-from pipeline.runtime.app import connect_redis
 from pipeline.runtime.follower import BankFollower
 from pipeline.sdk import ModerationProducer
 from pipeline.serde import Codec
@@ -190,13 +190,17 @@ def test_metrics_and_health_endpoints(settings: Settings, banks) -> None:  # typ
     import urllib.request
 
     from pipeline.dev.services import free_port
+    from pipeline.enforce.consumer import EnforceStage
+    from pipeline.enforce.logging_enforcer import handlers as logging_handlers
 
     table, follower = banks
     follower.wait_caught_up()
     port = free_port()
     settings = settings.with_(metrics_port=port)
     producer = ModerationProducer(settings)
-    with running(settings, pipeline_stages(settings, table)):
+    enforcer = EnforceStage("log", logging_handlers(), settings.topic_prefix)
+    # Two runners in one process, as `run all` starts them, share one metrics server.
+    with running(settings, pipeline_stages(settings, table), [enforcer]):
         eid = producer.send_upload("c-m", "u1", media=CLEAN)
         producer.flush()
         collect(settings, "decisions", lambda ds: eid in event_ids(ds))
@@ -204,8 +208,9 @@ def test_metrics_and_health_endpoints(settings: Settings, banks) -> None:  # typ
             health = json.loads(r.read())
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
-    assert health["healthy"] is True and health["stage"] == "enrich+match+classify+decide"
-    assert health["assigned"]
+    runners = {r["stage"]: r for r in health["runners"]}
+    assert health["healthy"] is True and set(runners) == {"enrich+match+classify+decide", "enforce-log"}
+    assert runners["enrich+match+classify+decide"]["assigned"]
     assert 'modstream_records_in_total{stage="enrich+match+classify+decide",topic="uploads"}' in text
     assert 'modstream_records_out_total{stage="enrich+match+classify+decide",topic="decisions"}' in text
     assert "modstream_end_to_end_seconds_bucket" in text

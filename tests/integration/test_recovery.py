@@ -32,7 +32,7 @@ EVENTS = 3000
 KILLER = textwrap.dedent("""
     import os, signal
     from pipeline.config import Settings
-    from pipeline.runtime.app import App
+    from pipeline.app import App
     from pipeline.runtime.runner import Runner
 
     batches = 0

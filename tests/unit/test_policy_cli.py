@@ -15,7 +15,7 @@ ENV = {"envelope": {"event_id": "e", "platform_id": "p", "occurred_at": 1, "cont
 
 def test_policy_check_accepts_the_default_and_rejects_a_broken_file(tmp_path: Path) -> None:
     ok = CliRunner().invoke(main, ["policy", "check", str(DEFAULT_POLICY)])
-    assert ok.exit_code == 0 and "ok: policy default version 1" in ok.output
+    assert ok.exit_code == 0 and "ok: policy default version 5" in ok.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("policy_id: x\nversion: '1'\ndefault: {action: allow}\nrules:\n  - {id: r, action: nuke}\n")
     out = CliRunner().invoke(main, ["policy", "check", str(bad)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,3 +136,41 @@ def test_runner_rejects_duplicate_stage_names_and_unknown_topics() -> None:
 
     with pytest.raises(KeyError, match="unknown topic"):
         Runner(Settings(bootstrap_servers="x"), [Bad()])
+
+
+def test_a_huge_undecodable_message_gets_a_bounded_dead_letter(codec: Codec) -> None:
+    runner = Runner(Settings(bootstrap_servers="x"), [Upper()], codec)
+    poison = b"\x07" * 999_900
+    [(topic, letter)] = decode_all(codec, runner.process_messages([FakeMessage("mod.uploads", poison, 5)]))
+    assert topic == "dlq" and letter["value_truncated"] is True
+    assert letter["value"] == poison[: len(letter["value"])] and len(letter["value"]) < 100_000
+    assert letter["value_size"] == len(poison)
+    assert letter["value_sha256"] == hashlib.sha256(poison).hexdigest()
+
+
+def test_an_output_over_the_message_limit_dead_letters_its_record_only(codec: Codec) -> None:
+    runner = Runner(Settings(bootstrap_servers="x", message_max_bytes=70_000), [Upper()], codec)
+    out = decode_all(codec, runner.process_messages([upload(codec, "a", 0), upload(codec, "x" * 80_000, 1)]))
+    assert [v["reason"] for t, v in out if t == "review"] == ["A"]
+    [letter] = [v for t, v in out if t == "dlq"]
+    assert letter["offset"] == 1 and "exceeds the message limit" in letter["error"]
+
+
+class Later(Upper):
+    """Holds records whose text is a time in the future."""
+
+    name = "later"
+
+    def not_before(self, record: Incoming) -> int | None:
+        text = record.value["text"]
+        return int(text) if text.isdigit() else None
+
+
+def test_a_record_not_yet_due_holds_its_partition_from_there_on(codec: Codec) -> None:
+    runner = Runner(Settings(bootstrap_servers="x"), [Later()], codec)
+    future = str(int(time.time() * 1000) + 60_000)
+    messages = [upload(codec, "a", 0), upload(codec, future, 1), upload(codec, "b", 2)]
+    done = runner.process(messages)
+    assert [m.offset() for m in done.consumed] == [0]
+    assert done.deferred == {("mod.uploads", 0): (1, int(future))}
+    assert [v["reason"] for _, v in decode_all(codec, done.outputs)] == ["A"]

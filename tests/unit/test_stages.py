@@ -6,13 +6,13 @@ import hashlib
 from collections.abc import Iterable
 
 from pipeline.banks.table import BankTable
-from pipeline.enforce.consumer import EnforceStage
 from pipeline.policy.engine import load_policy
-from pipeline.records import Incoming, Record, envelope
+from pipeline.records import Incoming, Record, envelope, now_ms
 from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import EnrichStage
 from pipeline.stages.match import MatchStage
 from pipeline.state.accounts import account_context
+from pipeline.state.reports import deadline_of, reported_at
 from tests.media import encode, photo
 
 MEDIA = encode(photo(1, (160, 120)))
@@ -75,6 +75,7 @@ def test_enrich_adds_account_and_hashes() -> None:
     assert by_type["sha256"] == hashlib.sha256(MEDIA).hexdigest()
     assert len(by_type["pdq"]) == 64 and record["media_error"] is None
     assert record["kind"] == "upload" and record["stages"] == ["enrich"]
+    assert record["upload"]["media_b64"] is None and record["media_ref"] is None  # no media store: bytes not kept
 
 
 def test_enrich_says_why_media_by_reference_is_unhashed() -> None:
@@ -139,28 +140,15 @@ def test_bank_table_latest_wins_and_tombstones() -> None:
     assert table.match_exact("sha256", h) == [] and len(table) == 0
 
 
-def test_enforce_stage_retries_then_fails() -> None:
-    sleeps: list[float] = []
-
-    def broken(d: Record) -> str:
-        raise TimeoutError("slow platform")
-
-    stage = EnforceStage("x", {"remove": broken}, retries=3, backoff_s=0.1, sleep=sleeps.append)
-    d = {"decision_id": "d1", "envelope": envelope("p", content_id="c"), "action": "remove"}
-    result, dead = stage.process([Incoming("decisions", b"c", d, 0, 7, b"raw")])
-    assert result.value is not None and result.value["status"] == "failed" and result.value["attempts"] == 3
-    assert sleeps == [0.1, 0.2]
-    assert dead.topic == "dlq" and dead.value is not None and dead.value["offset"] == 7
-
-
 class FakeReports:
     """The ReportStore contract in memory (the Redis one is tested through the broker)."""
 
     def __init__(self) -> None:
         self.reporters: dict[str, set[str]] = {}
         self.events: set[str] = set()
-        self.claimed: set[str] = set()
+        self.owners: dict[str, str] = {}  # content_id -> event id owning its review task
         self.resolved: dict[str, int] = {}
+        self.verdicts: set[str] = set()
 
     def add_reports(self, reports: list[Record]) -> list[dict]:  # type: ignore[type-arg]
         out = []
@@ -175,18 +163,19 @@ class FakeReports:
                     "distinct_reporters": n,
                     "trust": 0.5 * n,
                     "reasons": {r["reason"]: n},
-                    "deadline": r["envelope"]["occurred_at"] + 24 * 3600 * 1000,
+                    "deadline": deadline_of(reported_at(r["envelope"]["occurred_at"], now_ms())),
                 }
             )
         return out
 
-    def claim_review(self, content_id: str) -> bool:
-        first = content_id not in self.claimed
-        self.claimed.add(content_id)
-        return first
+    def claim_reviews(self, claims: list[tuple[str, str]]) -> list[str]:
+        return [self.owners.setdefault(content_id, event_id) for content_id, event_id in claims]
 
     def resolve(self, content_id: str, actioned_at: int) -> None:
         self.resolved.setdefault(content_id, actioned_at)
+
+    def verdict(self, content_id: str, upheld: bool, event_id: str) -> None:
+        self.verdicts.add(event_id)
 
 
 def decide_reports(stage: DecideStage, reports: list[Incoming]) -> list[tuple[str, Record]]:
@@ -210,3 +199,18 @@ def test_the_same_burst_from_one_reporter_counts_once() -> None:
     outputs = decide_reports(stage, [report("r1") for _ in range(5)])
     assert [t for t, _ in outputs] == ["decisions"] * 5
     assert {v["action"] for _, v in outputs} == {"pending"}
+
+
+def test_a_removal_on_a_classifier_score_alone_neither_banks_nor_shares() -> None:
+    from pipeline.models.registry import Threshold
+    from pipeline.policy.engine import DEFAULT_POLICY
+    from pipeline.stages.enrich import moderation_record
+
+    record = moderation_record("uploads", {"envelope": envelope("p", content_id="c9", user_id="u9"), "text": "x"})
+    record["signals"] = [{"signal_type": "sha256", "value": "a" * 64, "quality": None, "frame": None}]
+    record["scores"] = [{"model": "text-default", "label": "violent_extremism", "score": 0.99}]
+    policy = load_policy(DEFAULT_POLICY, {("text-default", "violent_extremism"): Threshold(review=0.5, remove=0.9)})
+    out = DecideStage(policy).process([Incoming("classified", b"c9", record)])
+    [d] = [o.value for o in out if o.topic == "decisions"]
+    assert d is not None and (d["action"], d["rule_id"]) == ("remove", "classifier-remove")
+    assert {o.topic for o in out} == {"decisions"}  # no bank entry, no shared signal

@@ -1,0 +1,1 @@
+"""The exchange between platforms: signed hash signals, partners and their trust."""
