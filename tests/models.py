@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+import yaml
 from onnx import TensorProto, helper
 
 
@@ -43,27 +44,23 @@ def brightness_model(path: Path, size: int = 32) -> Path:
 
 
 def registry_with_image_model(tmp: Path) -> Path:
-    """The built-in text model plus the brightness model, as a registry file."""
-    from pipeline.models.build import MODEL_PATH
+    """The built-in text model (its paths made absolute) plus the brightness model, as a registry file."""
+    from pipeline.models.registry import DEFAULT_REGISTRY
 
     brightness_model(tmp / "brightness.onnx")
+    [text] = [m for m in yaml.safe_load(DEFAULT_REGISTRY.read_text())["models"] if m["name"] == "text-default"]
+    for key in ("head", "file", "tokenizer"):
+        text[key] = str(DEFAULT_REGISTRY.parent / text[key])
+    brightness = {
+        "name": "brightness",
+        "modality": "image",
+        "file": "brightness.onnx",
+        "input": "pixels",
+        "output": "scores",
+        "labels": ["dark", "bright"],
+        "size": [32, 32],
+        "thresholds": {"bright": {"review": 0.9}},
+    }
     path = tmp / "models.yaml"
-    path.write_text(f"""
-models:
-  - name: text-default
-    modality: text
-    file: {MODEL_PATH}
-    input: text
-    output: probabilities
-    labels: [benign, graphic_violence, hate, violent_extremism]
-    thresholds: {{violent_extremism: {{review: 0.5, remove: 0.9}}, hate: 0.6, graphic_violence: 0.6}}
-  - name: brightness
-    modality: image
-    file: brightness.onnx
-    input: pixels
-    output: scores
-    labels: [dark, bright]
-    size: [32, 32]
-    thresholds: {{bright: {{review: 0.9}}}}
-""")
+    path.write_text(yaml.safe_dump({"models": [text, brightness]}, sort_keys=False))
     return path

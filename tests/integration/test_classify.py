@@ -1,6 +1,7 @@
-"""Classification through the broker: extremist text is scored high and removed or sent to
-review per the thresholds; news about the same attack is allowed; a banked image is not
-classified; a platform's image model plugs in through the registry."""
+"""Classification through the broker: extremist text, in English and French, is scored high and
+removed or sent to review per the thresholds; news about the same attack and condemnation of
+it are allowed; a banked image is not classified; a platform's image model plugs in through
+the registry."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipeline.app import App
 from pipeline.banks.admin import media_entries, publish
 from pipeline.config import Settings
 from pipeline.policy.engine import DEFAULT_POLICY
-from pipeline.runtime.app import App
 from pipeline.sdk import ModerationProducer
 from tests.media import encode, photo
 from tests.models import registry_with_image_model
@@ -26,6 +27,8 @@ INCITEMENT = "Brothers, grab a rifle and attack the crowd at the festival, kill 
 GLORIFICATION = "Glory to the shooter who killed twelve of the unbelievers, may many more follow his example."
 NEWS = "Police said a gunman killed twelve people in an attack at the festival on Tuesday."
 CONDEMNATION = "We condemn the terrorist attack at the festival and stand with the families of the victims."
+INCITEMENT_FR = "Frères, prenez un fusil et attaquez la foule du festival, tuez-les jusqu'au dernier."
+NEWS_FR = "Selon la police, un homme armé a tué douze personnes lors d'une attaque au festival mardi."
 
 
 def test_text_and_image_classification_with_decide(settings: Settings, tmp_path: Path) -> None:
@@ -48,20 +51,22 @@ def test_text_and_image_classification_with_decide(settings: Settings, tmp_path:
             "condemnation": producer.send_upload("c-4", "u4", text=CONDEMNATION),
             "banked": producer.send_upload("c-5", "u5", media=encode(banned), text=INCITEMENT),
             "bright": producer.send_upload("c-6", "u6", media=encode(Image.new("RGB", (64, 64), (250, 250, 250)))),
+            "incitement_fr": producer.send_upload("c-7", "u7", text=INCITEMENT_FR),
+            "news_fr": producer.send_upload("c-8", "u8", text=NEWS_FR),
         }
         producer.flush()
         found = collect(settings, "decisions", lambda ds: set(sent.values()) <= set(event_ids(ds)), 120)
     app.close()
     d = {name: next(x for x in found if x["envelope"]["event_id"] == eid) for name, eid in sent.items()}
 
-    for name in ("incitement", "glorification"):
+    for name in ("incitement", "glorification", "incitement_fr"):
         ve = next(s["score"] for s in d[name]["scores"] if s["label"] == "violent_extremism")
         assert ve >= 0.5, (name, d[name]["scores"])
         assert d[name]["action"] in ("remove", "review"), name
         assert d[name]["rule_id"] in ("classifier-remove", "classifier-review-extremism")
         assert d[name]["category"] == "violent_extremism"
         assert any(k.startswith("text-default/violent_extremism") for k in d[name]["thresholds"])
-    for name in ("news", "condemnation"):
+    for name in ("news", "condemnation", "news_fr"):
         assert d[name]["action"] == "allow", (name, d[name]["scores"])
     assert d["banked"]["action"] == "remove" and d["banked"]["rule_id"] == "bank-match-severe"
     assert d["banked"]["scores"] == []  # confident bank match: not classified

