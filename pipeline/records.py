@@ -22,6 +22,7 @@ without blocking the poll loop; nothing at or after it on the partition is commi
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -80,6 +81,14 @@ def now_ms() -> int:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+HASH_FORMATS = {  # the signal types banks hold, and the form of their hashes (lower-case hex)
+    "md5": re.compile(r"[0-9a-f]{32}"),
+    "sha256": re.compile(r"[0-9a-f]{64}"),
+    "pdq": re.compile(r"[0-9a-f]{64}"),
+    "video_pdq": re.compile(r"[0-9a-f]{64}"),
+}
 
 
 def signal(signal_type: str, value: str, quality: int | None = None, frame: int | None = None) -> Record:

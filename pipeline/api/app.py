@@ -19,10 +19,6 @@ hashing thread free within MODSTREAM_API_QUEUE_BUDGET_MS, or that arrives while
 MODSTREAM_API_MAX_IN_FLIGHT checks are in progress (default: 32 per hashing thread), gets 503
 with Retry-After, before anything is produced.
 
-Known gap: an UploadEvent has no field for ready hashes, so a check that gave only hashes
-reaches `mod.uploads` without them, and the pipeline's decision on that event sees no
-signal (the check's own verdict does). Carrying them needs an optional `signals` field on
-UploadEvent that enrich adds to the record's signals.
 """
 
 from __future__ import annotations

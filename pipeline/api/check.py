@@ -13,9 +13,8 @@ which the event id derives); a retry with the same id is the same event, and the
 decision for it has the same id. A process does not produce again an event it already had
 acknowledged.
 
-Ready hashes go into the verdict but cannot travel in an UploadEvent, which has no field for
-them: the pipeline sees such an event without them (see the module docstring of
-pipeline.api.app).
+Ready hashes go into the verdict and travel in the UploadEvent's `signals`; enrich adds them to
+the media's, so the pipeline's decision on a hash-only check sees the same hashes.
 
 Hashing, matching, classifying and deciding run in a thread pool, fetching by URI in another,
 so the event loop only parses, routes and waits.
@@ -148,6 +147,7 @@ def parse_check(
         "media_uri": fields.get("media_uri"),
         "media_type": media_type,
         "text": text,
+        "signals": hashes or None,
     }
     try:
         check_envelope(event)

@@ -7,7 +7,6 @@ up within a second. Input is validated before anything is produced.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,17 +14,11 @@ from typing import IO
 
 from pipeline.banks import formats
 from pipeline.config import Settings
-from pipeline.records import Record, now_ms, record_key
+from pipeline.records import HASH_FORMATS, Record, now_ms, record_key
 from pipeline.runtime.reader import read_table
 from pipeline.sdk import ModerationProducer
 from pipeline.signals.media import MediaLimits, media_signals
 
-HASH_FORMATS = {
-    "md5": re.compile(r"[0-9a-f]{32}"),
-    "sha256": re.compile(r"[0-9a-f]{64}"),
-    "pdq": re.compile(r"[0-9a-f]{64}"),
-    "video_pdq": re.compile(r"[0-9a-f]{64}"),
-}
 SEVERITIES = ("low", "medium", "high", "critical")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from pipeline.config import TOPICS, Settings
-from pipeline.records import Record, envelope, subject_key
+from pipeline.records import Record, envelope, signal, subject_key
 from pipeline.serde import Codec
 
 
@@ -42,14 +42,20 @@ class ModerationProducer:
         media_uri: str | None = None,
         media_type: str | None = None,
         text: str | None = None,
+        signals: dict[str, str] | None = None,
         **env: Any,
     ) -> str:
+        """`signals`: hashes the platform computed itself, e.g. `{"pdq": HEX}`, matched
+        besides those of the media."""
         event = {
             "envelope": self._envelope(content_id=content_id, user_id=user_id, **env),
             "media_b64": media,
             "media_uri": media_uri,
             "media_type": media_type,
             "text": text,
+            "signals": [signal(k, v, 100 if k in ("pdq", "video_pdq") else None) for k, v in signals.items()]
+            if signals
+            else None,
         }
         return self.send("uploads", event)
 

@@ -28,7 +28,17 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
-from pipeline.records import Incoming, Output, Record, StageError, dead_letter, media_of, now_ms, subject_key
+from pipeline.records import (
+    HASH_FORMATS,
+    Incoming,
+    Output,
+    Record,
+    StageError,
+    dead_letter,
+    media_of,
+    now_ms,
+    subject_key,
+)
 from pipeline.signals.media import MediaError, MediaLimits, media_signals
 from pipeline.state.accounts import AccountStore, account_context
 from pipeline.state.media import MediaStore, without_inline_media
@@ -68,6 +78,21 @@ def moderation_record(topic: str, event: Record) -> Record:
         "scores": [],
         "stages": [],
     }
+
+
+def given_signals(event: Record) -> list[Record]:
+    """The ready hashes an upload event brings; raises StageError on one of an unknown type
+    or not in its type's form (lower-case hex of the right length)."""
+    given = event.get("signals") or []  # only an UploadEvent has the field
+    for n, s in enumerate(given):
+        form = HASH_FORMATS.get(s["signal_type"])
+        if form is None:
+            raise StageError(
+                f"signals[{n}]: unknown signal type {s['signal_type']!r}; known: {', '.join(HASH_FORMATS)}"
+            )
+        if not form.fullmatch(s["value"]):
+            raise StageError(f"signals[{n}]: {s['value'][:80]!r} is not a {s['signal_type']} hash in lower-case hex")
+    return list(given)
 
 
 def check_envelope(event: Record, now: int | None = None) -> None:
@@ -124,6 +149,7 @@ class EnrichStage:
         for incoming in batch:
             try:
                 check_envelope(incoming.value)
+                given_signals(incoming.value)
             except StageError as exc:
                 logger.warning("enrich refuses %s[%d]@%d: %s", incoming.topic, incoming.partition, incoming.offset, exc)
                 refused.append(dead_letter(incoming, self.name, "process", f"StageError: {exc}", self.topic_prefix))
@@ -147,6 +173,7 @@ class EnrichStage:
                     record["media_error"] = str(exc)
                 if self.media is not None and 0 < len(data) <= self.limits.max_bytes:
                     record["media_ref"] = self.media.put(data)
+            record["signals"] += given_signals(valid[i].value)
             record["stages"] = ["enrich"]
             records[i] = without_inline_media(record)
         if self.content is not None:

@@ -87,25 +87,34 @@ def test_check_blocks_banned_media_and_the_pipeline_agrees(settings: Settings, s
                 json={"media_b64": base64.b64encode(CLEAN).decode(), "content_id": "c-clean", "text": "hello"},
                 headers=AUTH,
             )
+            # a platform that hashed the file itself sends only the hash
+            hashed = server.post(
+                "/v1/check", json={"hashes": {"md5": banned_md5}, "content_id": "c-hashed"}, headers=AUTH
+            )
             assert banned.status_code == 200 and clean.status_code == 200, (banned.text, clean.text)
-            blocked, allowed = banned.json(), clean.json()
+            assert hashed.status_code == 200, hashed.text
+            blocked, allowed, hash_only = banned.json(), clean.json(), hashed.json()
+            assert hash_only["action"] == "remove" and hash_only["matches"][0]["hash"] == banned_md5
             assert (blocked["action"], blocked["rule"], blocked["matches"][0]["bank"]) == (
                 "remove",
                 "bank-match-severe",
                 "tvec",
             )
             assert allowed["action"] == "allow" and allowed["matches"] == []
-            ids = {blocked["event_id"], allowed["event_id"]}
+            ids = {blocked["event_id"], allowed["event_id"], hash_only["event_id"]}
             uploads = collect(settings, "uploads", lambda rs: ids <= set(event_ids(rs)))
             assert ids <= set(event_ids(uploads))
             seen = {u["envelope"]["event_id"]: u for u in uploads}
             assert seen[blocked["event_id"]]["media_b64"] == BANNED
             assert seen[blocked["event_id"]]["envelope"]["content_id"] == "c-banned"
+            assert [(g["signal_type"], g["value"]) for g in seen[hash_only["event_id"]]["signals"]] == [
+                ("md5", banned_md5)
+            ]
             decisions = collect(settings, "decisions", lambda ds: ids <= set(event_ids(ds)))
     finally:
         app.close()
     by_event = {d["envelope"]["event_id"]: d for d in decisions}
-    for verdict in (blocked, allowed):
+    for verdict in (blocked, allowed, hash_only):
         decided = by_event[verdict["event_id"]]
         assert decided["decision_id"] == verdict["decision_id"]  # the same event, decided the same way
         assert decided["action"] == verdict["action"]

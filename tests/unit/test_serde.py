@@ -22,6 +22,7 @@ UPLOAD = {
     "media_uri": None,
     "media_type": "image/png",
     "text": "hi",
+    "signals": [{"signal_type": "pdq", "value": "ab" * 32, "quality": 100, "frame": None}],
 }
 
 

@@ -29,7 +29,14 @@ def upload(media: bytes | None = MEDIA, **kw: object) -> Incoming:
     return Incoming(
         "uploads",
         b"c1",
-        {"envelope": env, "media_b64": media, "media_uri": kw.get("uri"), "media_type": None, "text": None},
+        {
+            "envelope": env,
+            "media_b64": media,
+            "media_uri": kw.get("uri"),
+            "media_type": None,
+            "text": None,
+            "signals": kw.get("signals"),
+        },
     )
 
 
@@ -76,6 +83,29 @@ def test_enrich_adds_account_and_hashes() -> None:
     assert len(by_type["pdq"]) == 64 and record["media_error"] is None
     assert record["kind"] == "upload" and record["stages"] == ["enrich"]
     assert record["upload"]["media_b64"] is None and record["media_ref"] is None  # no media store: bytes not kept
+
+
+def test_enrich_adds_the_hashes_an_upload_brings_and_refuses_malformed_ones() -> None:
+    given = [{"signal_type": "pdq", "value": "ab" * 32, "quality": 100, "frame": None}]
+    [record] = through(EnrichStage(FakeAccounts()), record=upload(media=None, signals=given))
+    assert record["signals"] == given and record["media_error"] is None
+    [decision] = through(
+        EnrichStage(FakeAccounts()),
+        MatchStage(bank()),
+        DecideStage(POLICY),
+        record=upload(
+            media=None,
+            signals=[
+                {"signal_type": "sha256", "value": hashlib.sha256(MEDIA).hexdigest(), "quality": None, "frame": None}
+            ],
+        ),
+        topic="decisions",
+    )
+    assert decision["action"] == "remove" and decision["matches"][0]["bank"] == "b"
+    for bad, why in (("md4", "unknown signal type 'md4'"), ("pdq", "is not a pdq hash")):
+        bad_signal = [{"signal_type": bad, "value": "AB" * 32, "quality": None, "frame": None}]
+        [dead] = EnrichStage(FakeAccounts()).process([upload(media=None, signals=bad_signal)])
+        assert dead.topic == "dlq" and why in dead.value["error"]
 
 
 def test_enrich_says_why_media_by_reference_is_unhashed() -> None:
