@@ -64,6 +64,7 @@ sys.path[0] = str(ROOT)
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition  # noqa: E402
 
+from bench.e2e import WORDS  # noqa: E402
 from pipeline.config import TOPICS, Settings  # noqa: E402
 from pipeline.dev import services  # noqa: E402
 from pipeline.records import now_ms, record_key  # noqa: E402
@@ -78,64 +79,6 @@ TARGET_P99_S = 2.0
 # py-spy on the PATH, else next to this interpreter (a virtualenv's bin/)
 PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
 SIZE = (1280, 720)
-WORDS = [
-    "the",
-    "a",
-    "this",
-    "my",
-    "our",
-    "new",
-    "old",
-    "great",
-    "photo",
-    "video",
-    "trip",
-    "weekend",
-    "city",
-    "beach",
-    "mountain",
-    "dinner",
-    "friends",
-    "family",
-    "game",
-    "match",
-    "team",
-    "win",
-    "lost",
-    "music",
-    "concert",
-    "album",
-    "song",
-    "review",
-    "today",
-    "tomorrow",
-    "morning",
-    "night",
-    "love",
-    "like",
-    "share",
-    "check",
-    "out",
-    "watch",
-    "look",
-    "here",
-    "there",
-    "best",
-    "ever",
-    "really",
-    "so",
-    "much",
-    "more",
-    "food",
-    "recipe",
-    "coffee",
-    "cat",
-    "dog",
-    "garden",
-    "rain",
-    "sun",
-    "snow",
-]
 
 
 # ---- media (generated before the run, in worker processes) -------------------------------------
