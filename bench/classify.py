@@ -4,7 +4,7 @@ inference padded to its longest text; and each batch tokenised in one call and r
 micro-batches of texts of similar length (the registry's `micro_batch`, the default way),
 with the time per batch (p50, p99).
 
-Texts are the project's corpus and held-out set (English and French posts of 2 to 60 words),
+Texts are the project's corpus and dev set (English and French posts of 2 to 60 words),
 shuffled with a fixed seed, so each batch mixes lengths as a topic would. One thread by
 default (MODSTREAM_ONNX_THREADS in production); `--provider CUDAExecutionProvider` runs the
 same on a GPU.
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from pipeline.models.corpus import CORPUS, HELDOUT, read  # noqa: E402
+from pipeline.models.corpus import CORPUS, DEV, read  # noqa: E402
 from pipeline.models.registry import DEFAULT_REGISTRY, load_models  # noqa: E402
 from pipeline.records import Incoming, envelope  # noqa: E402
 from pipeline.stages.classify import ClassifyStage  # noqa: E402
@@ -33,7 +33,7 @@ from pipeline.stages.enrich import moderation_record  # noqa: E402
 
 
 def records(n: int, seed: int = 1) -> list[Incoming]:
-    texts = [r["text"] for r in read(CORPUS) + read(HELDOUT)]
+    texts = [r["text"] for r in read(CORPUS) + read(DEV)]
     random.Random(seed).shuffle(texts)
     out = []
     for i in range(n):

