@@ -186,11 +186,11 @@ def test_a_session_cookie_is_signed_and_expires() -> None:
     assert sessions.read(cookie, now=1001) == session
     assert sessions.read(cookie, now=1061) is None  # expired
     payload, signature = cookie.split(".")
-    forged, _ = Sessions(b"x" * 32, 60).issue("mallory", now=1000)
-    assert sessions.read(Sessions(b"x" * 32, 60).issue("rita", now=1000)[1], now=1001) is None  # another secret
+    other, elsewhere = Sessions(b"x" * 32, 60).issue("rita", now=1000)
+    assert sessions.read(elsewhere, now=1001) is None  # signed with another secret
     assert sessions.read(payload[:-2] + "AA." + signature, now=1001) is None  # tampered
     assert sessions.read("", now=1001) is None and sessions.read("garbage", now=1001) is None
-    assert forged.csrf != session.csrf
+    assert other.csrf != session.csrf  # each session its own CSRF token
     with pytest.raises(ValueError):
         Sessions(b"short", 60)
 
@@ -209,6 +209,7 @@ def test_sign_in_needs_a_token_with_the_review_scope(client: TestClient) -> None
     assert "samesite=strict" in cookie.lower() and "Secure" not in cookie  # plain HTTP here
     assert REVIEW_TOKEN not in cookie
     assert "rita" in client.get("/console/queue").text
+    assert not [p for p in client.get("/openapi.json").json()["paths"] if p.startswith("/console")]
 
 
 def test_sign_out_ends_the_session_in_the_browser(client: TestClient) -> None:
@@ -261,6 +262,7 @@ def test_an_item_shows_its_evidence_veiled_media_and_verdict_keys(client: TestCl
     for key, action in (("r", "remove"), ("a", "allow"), ("t", "restrict"), ("e", "escalate")):
         assert f'value="{action}" data-key="{key}"' in r.text
     assert 'value="end_stream"' not in r.text  # an upload, not a stream
+    assert '<button type="submit" disabled hidden' in r.text  # first, so Enter in the note field sends nothing
     assert 'name="category" value="terrorism"' in r.text
     assert HOSTILE not in r.text
     assert client.get("/console/item/no-such-task").status_code == 404

@@ -216,7 +216,14 @@ def report_body(data: dict[str, Any]) -> Markup:
     )
     rows = data["rows"]
     actions = charts.bars(
-        [(f"{r['category']} / {r['action']}", r["count"], f"p50 {_seconds(r['p50_s'])}") for r in rows],
+        [
+            (
+                f"{r['category']} / {r['action']}",
+                r["count"],
+                "" if r["p50_s"] is None else f"p50 {_seconds(r['p50_s'])}",
+            )
+            for r in rows
+        ],
         "Decisions by category and action",
     )
     table = [

@@ -221,7 +221,15 @@ def item_body(task: Record, ev: dict[str, Any], session: Session) -> Markup:
     )
     verdicts = [*VERDICTS, END_STREAM] if env.get("stream_id") else list(VERDICTS)
     buttons = [
-        tag("button", join([tag("kbd", key), f" {label}"]), type="submit", name="action", value=action, data_key=key)
+        tag(
+            "button",
+            join([tag("kbd", key), f" {label}"]),
+            type="submit",
+            name="action",
+            value=action,
+            data_key=key,
+            class_="danger" if action in ("remove", "end_stream") else None,
+        )
         for action, key, label in [*verdicts, ESCALATE]
     ]
     keys = " · ".join(f"{key} {label.lower()}" for _, key, label in [*verdicts, ESCALATE])
