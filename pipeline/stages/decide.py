@@ -52,6 +52,24 @@ def decision(record: Record, policy: Policy, action: str, rule_id: str, explanat
     }
 
 
+def decision_from(record: Record, policy: Policy, outcome: Outcome, action: str | None = None) -> Record:
+    """The Decision a policy outcome gives the record: its rule's action unless `action` says
+    otherwise, with the outcome's explanation, category, severity, thresholds and incident."""
+    rule = outcome.rule
+    return decision(
+        record,
+        policy,
+        action or rule.action,
+        rule.id,
+        outcome.explanation,
+        category=outcome.category,
+        severity=outcome.severity,
+        thresholds=outcome.thresholds,
+        effects=list(rule.effects),
+        incident_id=outcome.incident_id,
+    )
+
+
 def removal_entries(signals: list[Record], d: Record, bank: str) -> list[Output]:
     """BankEntry outputs for the hashes of a removed item."""
     item = subject_key(d["envelope"])
@@ -156,18 +174,7 @@ class DecideStage:
     def _decide(self, record: Record, agg: dict[str, Any] | None, incidents: tuple[Record, ...]) -> _Decided:
         outcome = self.policy.evaluate(Facts(record, agg, bool(incidents), incidents))
         rule = outcome.rule
-        d = decision(
-            record,
-            self.policy,
-            rule.action,
-            rule.id,
-            outcome.explanation,
-            category=outcome.category,
-            severity=outcome.severity,
-            thresholds=outcome.thresholds,
-            effects=list(rule.effects),
-            incident_id=outcome.incident_id,
-        )
+        d = decision_from(record, self.policy, outcome)
         result = _Decided([Output("decisions", subject_key(record["envelope"]), d)])
         if rule.action == "review":
             task = self._task(record, d, outcome, agg)

@@ -41,7 +41,7 @@ from pipeline.policy.engine import UPHELD, Facts, Outcome, Policy
 from pipeline.records import Incoming, Output, Record, now_ms, stable_id
 from pipeline.signals.media import MediaError, MediaLimits, media_signals
 from pipeline.signals.video import DEDUP_DISTANCE
-from pipeline.stages.decide import decision, removal_entries, shared_signals
+from pipeline.stages.decide import decision_from, removal_entries, shared_signals
 from pipeline.stages.enrich import moderation_record
 from pipeline.state.accounts import AccountStore, account_context
 from pipeline.state.streams import StreamState, StreamStore
@@ -284,19 +284,7 @@ class LiveStage:
         return []
 
     def _decision(self, record: Record, outcome: Outcome, action: str, decision_id: str | None = None) -> Record:
-        rule = outcome.rule
-        d = decision(
-            record,
-            self.policy,
-            action,
-            rule.id,
-            outcome.explanation,
-            category=outcome.category,
-            severity=outcome.severity,
-            thresholds=outcome.thresholds,
-            effects=list(rule.effects),
-            incident_id=outcome.incident_id,
-        )
+        d = decision_from(record, self.policy, outcome, action)
         if decision_id:
             d["decision_id"] = decision_id
         return d
