@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from pipeline.banks.table import BankTable
 from pipeline.config import Settings
-from pipeline.records import Record, Stage
+from pipeline.records import Record, Stage, signal
 from pipeline.runtime.reader import read_topic
 from pipeline.runtime.runner import Runner
 
@@ -48,3 +49,16 @@ def collect(
 
 def event_ids(records: list[Record]) -> list[str]:
     return [r["envelope"]["event_id"] for r in records]
+
+
+def wait_banked(table: BankTable, entries: list[Record], timeout_s: float = 30) -> None:
+    """Waits until a running bank table (a match stage's) holds every exact and PDQ entry: the
+    follower applies the bank topic's partitions independently, within about a second."""
+    wanted = [e for e in entries if e["signal_type"] in ("md5", "sha256", "pdq")]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = table.match_batch([[signal(e["signal_type"], e["hash"].lower(), 100)] for e in wanted])
+        if all(any(m["bank"] == e["bank"] for m in ms) for e, ms in zip(wanted, found, strict=True)):
+            return
+        assert time.monotonic() < deadline, f"the bank table did not get {len(wanted)} entries in {timeout_s} s"
+        time.sleep(0.1)

@@ -30,7 +30,7 @@ from pipeline.state.accounts import RedisAccountStore
 from pipeline.state.reports import RedisReportStore
 from tests.media import encode, photo
 
-from .helpers import collect, event_ids, running
+from .helpers import collect, event_ids, running, wait_banked
 from .test_cli import cli
 
 pytestmark = pytest.mark.integration
@@ -336,8 +336,9 @@ def test_a_reported_item_the_banks_condemn_is_removed_without_review(settings: S
         producer.flush()
         assert decisions_for(settings, [upload])[upload]["action"] == "allow"
         # Later a partner banks the image; then one person reports the post.
-        publish(settings, media_entries(encode(image), "partner", "terrorism", "high", "partner", "img-902"))
-        time.sleep(1.0)
+        entries = media_entries(encode(image), "partner", "terrorism", "high", "partner", "img-902")
+        publish(settings, entries)
+        wait_banked(app.banks(), entries)
         report = producer.send_report("c-later", "reporter-1", "terrorism")
         producer.flush()
         d = decisions_for(settings, [report])[report]

@@ -18,7 +18,7 @@ from pipeline.sdk import ModerationProducer
 from tests.media import TRANSFORMS, encode, photo, reencode_video, video
 from tests.unit.test_media_safety import png_bomb
 
-from .helpers import collect, event_ids, running
+from .helpers import collect, event_ids, running, wait_banked
 
 pytestmark = pytest.mark.integration
 
@@ -88,15 +88,16 @@ def test_removed_item_reuploaded_transformed_is_removed_at_upload(settings: Sett
     assert [m["bank"] for m in d["matches"] if m["signal_type"] == "pdq"] == ["removed"]
 
 
-def test_bank_entry_added_while_running_applies_within_a_second(settings: Settings, app: App) -> None:
+def test_bank_entry_added_while_running_applies_to_later_uploads(settings: Settings, app: App) -> None:
     image = encode(photo(800))
     producer = ModerationProducer(settings)
     with running(settings, fused(app)):
         before = producer.send_upload("c-before", "u1", media=image)
         producer.flush()
         assert decisions_for(settings, [before])[before]["action"] == "allow"
-        publish(settings, media_entries(image, "late", "violent_extremism", "high", "ops", "img-800"))
-        time.sleep(1.0)
+        entries = media_entries(image, "late", "violent_extremism", "high", "ops", "img-800")
+        publish(settings, entries)
+        wait_banked(app.banks(), entries)
         after = producer.send_upload("c-after", "u1", media=encode(photo(800), quality=40))
         producer.flush()
         assert decisions_for(settings, [after])[after]["action"] == "remove"
