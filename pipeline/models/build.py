@@ -9,24 +9,32 @@ French.
 
 Sets, and what each is for:
 - training: four fifths of the corpus's frames (all texts of a frame on the same side);
-- validation: the other fifth. The thresholds are chosen on it: `review` per label at the
-  score that keeps `REVIEW_RECALL` of the label's validation texts; `remove` per label at the
-  lowest score above which no validation text of another label scores (and not under
-  `REMOVE_FLOOR`);
-- dev (`data/text_dev.csv`): written apart from the corpus, and used for tuning: its totals
-  were read while the corpus was written, so its figures are optimistic;
-- held out (`data/text_heldout.csv`): written apart from the corpus and the dev set, never
-  used to train, to write the corpus or to choose a threshold. The build refuses it if any of
-  its texts is a near-duplicate of a corpus or dev text (models/overlap.py).
-Both evaluation sets are a gate, never a tuning knob: a label keeps its remove threshold only
-where, on each of them, its precision at that threshold is at least `REMOVE_PRECISION` over at
-least `REMOVE_MIN_SUPPORT` removed texts and no benign text is removed; otherwise the label has
-no remove threshold and goes to review.
+- validation: the other fifth;
+- dev (`data/text_dev.csv`) and dev 2 (`data/text_dev2.csv`, the first held-out set, burned
+  by its one evaluation): written apart from the corpus by hand, and used for tuning: their
+  errors were read while the corpus was extended and they choose the review thresholds, so
+  their figures are optimistic;
+- held out (`data/text_heldout.csv`, held-out set B): written apart from the corpus and both
+  dev sets and frozen (`HELDOUT_SHA256`) before this version's corpus and head were changed;
+  never used to train, to write the corpus or to choose a threshold or setting. The build
+  refuses it if any of its texts is a near-duplicate of a corpus or dev text
+  (models/overlap.py), and refuses the shipped file if its hash is not the frozen one.
+
+Review thresholds (`choose_review`): the combination of per-label thresholds (0.01 steps, from
+`REVIEW_MIN`) that sends the most violating texts of validation, dev and dev 2 to review (the
+weaker language first), under the constraint that in each of those three sets and each
+language at most `TARGET_ROUTINE` of the everyday posts and news reach review; ties go to the
+higher thresholds. `remove` per label at the lowest score above which no validation text of
+another label scores (and not under `REMOVE_FLOOR`), kept only where, on every evaluation set
+(dev, dev 2 and held out alike), its precision is at least `REMOVE_PRECISION` over at least
+`REMOVE_MIN_SUPPORT` removed texts and no benign text is removed; otherwise the label has no
+remove threshold and goes to review. The held-out set can only take a remove threshold away.
 
 The report (printed, and in the model card) gives per-language precision and recall at each
-threshold on validation, dev and held out, what the thresholds do to each kind of text, and
-which of the targets (`TARGET_RECALL`, `TARGET_ROUTINE`, nothing benign removed) the held-out
-set shows met. Deterministic: the same corpus and encoder give the same head and figures.
+threshold on validation, dev, dev 2 and held out, what the thresholds do to each kind of text,
+and which of the targets (`TARGET_RECALL`, `TARGET_ROUTINE`, nothing benign removed) the
+held-out set shows met. Deterministic: the same corpus and encoder give the same head and
+figures.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.models.corpus import CORPUS, DEV, HELDOUT, LABELS, LANGS, read
+from pipeline.models.corpus import CORPUS, DEV, DEV2, HELDOUT, LABELS, LANGS, read
 from pipeline.models.encoder import DEFAULT_ENCODER
 from pipeline.models.overlap import MAX_SHARED, N, near_duplicates
 
@@ -53,14 +61,18 @@ CARD_PATH = HERE / "MODEL_CARD.md"
 
 MAX_LENGTH = 128  # tokens of a text the model reads (with <s> and </s>); the rest is cut
 HIDDEN = 256
-ALPHA = 0.3  # the head's L2 penalty, chosen on the dev set (0.01 to 1 tried)
-REVIEW_RECALL = 0.9
+ALPHA = 0.3  # the head's L2 penalty, chosen on the dev sets (0.01 to 1 tried)
+REVIEW_RECALL = 0.9  # the fallback review rule: keep this share of a label's validation texts
+REVIEW_MIN = 0.1  # the lowest review threshold choose_review considers
 REMOVE_FLOOR = 0.9
 REMOVE_PRECISION = 0.95
 REMOVE_MIN_SUPPORT = 10
 ROUTINE = ("everyday", "news")  # the kinds of benign text that must almost never reach review
 HARMFUL = tuple(lab for lab in LABELS if lab != "benign")
-EVALS = ("dev", "held-out")
+EVALS = ("dev", "dev 2", "held-out")
+TUNING = ("validation", "dev", "dev 2")  # the sets the review thresholds are chosen on
+# Held-out set B as frozen on 2026-11-23, before this version's corpus and head were changed.
+HELDOUT_SHA256 = "1ce6dff71019e7f46c4fc33587786025d60841212fead2af7d475188f20744dd"
 TARGET_RECALL = 0.85  # held out, per language: violating texts sent to review (or removed)
 TARGET_ROUTINE = 0.02  # held out, per language: everyday posts and news sent to review
 
@@ -82,6 +94,10 @@ is slower than one record at a time (0.6 times)."""
 
 class OverlapError(ValueError):
     """The held-out set is not apart from the texts the model was built or tuned on."""
+
+
+class FrozenSetError(ValueError):
+    """The shipped held-out set is not the one frozen before tuning."""
 
 
 @dataclass
@@ -107,10 +123,12 @@ class LabelReport:
 class BuildReport:
     rows: dict[str, int]
     labels: dict[str, LabelReport]
+    review_rule: str  # how the review thresholds were chosen
     by_lang: dict[str, dict[str, dict[str, float]]]  # eval set -> lang -> figure
     by_kind: dict[str, list[tuple[str, str, int, int, int]]]  # eval set -> kind, lang, texts, to review, removed
     onnx_max_diff: float
     encoder: str
+    heldout_sha256: str = ""
 
     @property
     def encoder_name(self) -> str:
@@ -210,8 +228,53 @@ def _figures(split: Split, label: int, t: float, name: str, where: str, out: dic
         )
 
 
-def calibrate(validation: Split, evals: dict[str, Split]) -> dict[str, LabelReport]:
-    """Thresholds per label from the validation split; `evals` (dev, held out) only gate removal."""
+def choose_review(tuning: list[Split]) -> dict[str, float] | None:
+    """Review thresholds per label: among all combinations (0.01 steps from REVIEW_MIN) that send
+    at most TARGET_ROUTINE of each tuning set's everyday posts and news to review, in each
+    language, the one that sends the most violating texts of the tuning sets to review (the
+    lower of the two languages' recall first, then their sum; ties to higher thresholds).
+    None if no combination keeps the routine texts under the target."""
+    grid = np.round(np.arange(REVIEW_MIN, 1.0, 0.01), 2)
+    idx = [LABELS.index(n) for n in HARMFUL]
+    routine = [s.scores[(s.langs == lang) & np.isin(s.kinds, ROUTINE)][:, idx] for s in tuning for lang in LANGS]
+    routine = [r for r in routine if len(r)]
+    violating = []
+    for lang in LANGS:
+        rows = [s.scores[(s.langs == lang) & (s.labels != 0)][:, idx] for s in tuning]
+        violating.append(np.concatenate(rows))
+    best: tuple[tuple[float, float, float], tuple[float, ...]] | None = None
+    for a in grid:
+        for b in grid:
+            # the lowest third threshold that keeps every set and language within the target
+            c_low, feasible = float(grid[0]), True
+            for r in routine:
+                base = (r[:, 0] >= a) | (r[:, 1] >= b)
+                allowed = int(np.floor(TARGET_ROUTINE * len(r) + 1e-9)) - int(base.sum())
+                if allowed < 0:
+                    feasible = False
+                    break
+                rest = np.sort(r[~base, 2])[::-1]
+                if allowed < len(rest):
+                    c_low = max(c_low, float(np.floor(rest[allowed] * 100) / 100 + 0.01))
+            if not feasible or c_low >= 1.0:
+                continue
+            c = round(c_low, 2)
+            recalls = [
+                float(((v[:, 0] >= a) | (v[:, 1] >= b) | (v[:, 2] >= c)).mean()) if len(v) else 1.0 for v in violating
+            ]
+            key = (min(recalls), sum(recalls), float(a + b + c))
+            if best is None or key > best[0]:
+                best = (key, (float(a), float(b), c))
+    if best is None:
+        return None
+    return dict(zip(HARMFUL, best[1], strict=True))
+
+
+def calibrate(
+    validation: Split, evals: dict[str, Split], review_at: dict[str, float] | None = None
+) -> dict[str, LabelReport]:
+    """Thresholds per label: review from `review_at` (else at REVIEW_RECALL of the validation
+    texts), remove from the validation split; `evals` (dev, dev 2, held out) only gate removal."""
     reports = {}
     for label_name in HARMFUL:
         label = LABELS.index(label_name)
@@ -219,6 +282,8 @@ def calibrate(validation: Split, evals: dict[str, Split]) -> dict[str, LabelRepo
         if not positive.any():
             raise ValueError(f"the validation split has no {label_name} texts to choose its thresholds on")
         review = _review_threshold(validation.scores[:, label], positive)
+        if review_at is not None:
+            review = review_at[label_name]
         candidate = _remove_candidate(validation.scores[:, label], positive, review)
         figures: dict[tuple[str, str, str], tuple[float, float, int, int]] = {}
         for where, split in (("validation", validation), *evals.items()):
@@ -299,15 +364,23 @@ def build(
     threads: int = 0,
     encoder_name: str = DEFAULT_ENCODER,
     dev_path: Path = DEV,
+    dev2_path: Path = DEV2,
 ) -> BuildReport:
     from pipeline.models import encoder as enc
 
-    rows, dev_rows, heldout_rows = read(corpus), read(dev_path), read(heldout_path)
-    check_apart(heldout_rows, rows + dev_rows)
+    heldout_sha = hashlib.sha256(heldout_path.read_bytes()).hexdigest()
+    if heldout_path.resolve() == HELDOUT.resolve() and heldout_sha != HELDOUT_SHA256:
+        raise FrozenSetError(
+            f"{heldout_path} is not the held-out set frozen before tuning (sha256 {heldout_sha}, "
+            f"frozen {HELDOUT_SHA256}); a changed held-out set is a new one: write it apart, freeze it, "
+            "and say so in the model card"
+        )
+    rows, dev_rows, dev2_rows, heldout_rows = read(corpus), read(dev_path), read(dev2_path), read(heldout_path)
+    check_apart(heldout_rows, rows + dev_rows + dev2_rows)
     sides = np.array([split_of(r["group"]) for r in rows])
     train = _split([r for r, s in zip(rows, sides, strict=True) if s == "training"])
     validation = _split([r for r, s in zip(rows, sides, strict=True) if s == "validation"])
-    evals = {"dev": _split(dev_rows), "held-out": _split(heldout_rows)}
+    evals = {"dev": _split(dev_rows), "dev 2": _split(dev2_rows), "held-out": _split(heldout_rows)}
 
     encoder = enc.Encoder.create(encoder_name, MAX_LENGTH, threads)
     spec = encoder.spec
@@ -327,16 +400,27 @@ def build(
     for split in evals.values():
         split.scores = _run_head(data, encoder.embed(split.texts))
 
-    labels = calibrate(validation, evals)
-    summaries = {where: summarise(split, labels) for where, split in evals.items()}
+    tuning = {"validation": validation} | evals
+    review_at = choose_review([tuning[where] for where in TUNING])
+    rule = (
+        f"the most violating texts of {', '.join(TUNING)} sent to review with at most {TARGET_ROUTINE:.0%} "
+        "of each set's everyday posts and news, per language"
+        if review_at is not None
+        else f"no thresholds keep the tuning sets' routine texts under {TARGET_ROUTINE:.0%}: "
+        f"review at {REVIEW_RECALL:.0%} of each label's validation texts"
+    )
+    labels = calibrate(validation, evals, review_at)
+    summaries = {where: summarise(split, labels) for where, split in tuning.items()}
     report = BuildReport(
         {"training": len(train.texts), "validation": len(validation.texts)}
         | {where: len(split.texts) for where, split in evals.items()},
         labels,
+        rule,
         {where: s[0] for where, s in summaries.items()},
         {where: s[1] for where, s in summaries.items()},
         diff,
         f"{spec.name} (from {spec.package} {enc.package_version(spec.package)})",
+        heldout_sha,
     )
     head_out.parent.mkdir(parents=True, exist_ok=True)
     head_out.write_bytes(data)
@@ -347,9 +431,9 @@ def build(
     return report
 
 
-def targets(report: BuildReport) -> list[tuple[str, str, str, bool]]:
-    """(target, language, held-out figure, met) for each target of the default model."""
-    held = report.by_lang["held-out"]
+def targets(report: BuildReport, where: str = "held-out") -> list[tuple[str, str, str, bool]]:
+    """(target, language, figure, met) for each target of the default model, on one set."""
+    held = report.by_lang[where]
     out = []
     for lang, f in held.items():
         n, r = int(f["violating"]), f["recall_any_label"]
@@ -399,9 +483,10 @@ def format_report(report: BuildReport) -> str:
     out = io.StringIO()
     rows = report.rows
     print(
-        f"encoder {report.encoder}; head trained on {rows['training']} texts, thresholds chosen on "
-        f"{rows['validation']} validation texts (unseen frames); evaluated on {rows['dev']} dev texts "
-        f"(used for tuning) and {rows['held-out']} held-out texts (never used for tuning)",
+        f"encoder {report.encoder}; head trained on {rows['training']} texts; review thresholds chosen on "
+        f"{rows['validation']} validation texts (unseen frames), {rows['dev']} dev and {rows['dev 2']} dev 2 "
+        f"texts (used for tuning): {report.review_rule}; evaluated once on {rows['held-out']} held-out texts "
+        f"(never used for tuning, sha256 {report.heldout_sha256[:16]})",
         file=out,
     )
     for name, r in report.labels.items():
@@ -415,7 +500,7 @@ def format_report(report: BuildReport) -> str:
             t = r.review if which == "review" else r.remove_candidate
             tag = which if which == "review" or r.remove is not None else "remove (dropped)"
             print(f"  {where:10} {lang:4} {tag + f' {t:.2f}':>16} {p:>9.2f} {rec:>6.2f} {n:>7} {s:>5}", file=out)
-    for where in EVALS:
+    for where in ("validation", *EVALS):
         print(f"\n{where}, all labels together (a text goes to review if any label reaches review):", file=out)
         for lang, f in report.by_lang[where].items():
             print(
@@ -424,6 +509,8 @@ def format_report(report: BuildReport) -> str:
                 f"{f['routine_removed']}; benign removed {f['benign_removed']}",
                 file=out,
             )
+        if where == "validation":
+            continue
         print(f"  {'kind':20} {'lang':4} {'texts':>5} {'review+':>7} {'removed':>7}", file=out)
         for kind, lang, n, rv, rm in report.by_kind[where]:
             print(f"  {kind:20} {lang:4} {n:>5} {rv:>7} {rm:>7}", file=out)
@@ -435,10 +522,13 @@ def format_report(report: BuildReport) -> str:
 
 
 def model_card(report: BuildReport) -> str:
+    rows = zip(*(targets(report, where) for where in EVALS), strict=True)
     met = "\n".join(
-        f"| {t} | {lang} | {fig} | {'met' if ok else '**not met**'} |" for t, lang, fig, ok in targets(report)
+        f"| {dev[0]} | {dev[1]} | {dev[2]} | {dev2[2]} | {held[2]} | {'met' if held[3] else '**not met**'} |"
+        for dev, dev2, held in rows
     )
     en = report.by_lang["held-out"]["en"]
+    thresholds = ", ".join(f"{name} {r.review:.2f}" for name, r in report.labels.items())
     return f"""# Model card: text-default
 
 Written by `modstream models build`; do not edit by hand (the speed figures come from
@@ -458,38 +548,50 @@ of the box, in English and French (and, untested, the other languages of its enc
   {ALPHA}), trained by the project on the encoder's vectors, exported as ONNX and joined to the
   encoder: one model, token ids and attention mask in, `probabilities` over
   {", ".join(LABELS)} out.
-- Thresholds: calibrated per label on the validation split (see `pipeline/models/build.py`):
-  review at the score that keeps {REVIEW_RECALL:.0%} of the label's validation texts; remove only
-  where, on the dev set and on the held-out set alike, precision at the remove threshold is at
-  least {REMOVE_PRECISION:.2f} over at least {REMOVE_MIN_SUPPORT} texts and no benign text is removed;
-  otherwise the label only ever goes to review.
+- Review thresholds ({thresholds}): {report.review_rule}
+  (`choose_review` in `pipeline/models/build.py`; 0.01 steps from {REVIEW_MIN}; ties to the
+  higher thresholds). They are chosen for few routine posts at review, not for recall: a
+  label's review threshold can be low (a text reaches review when any label reaches its
+  threshold).
+- Remove thresholds: only where, on the dev set, dev 2 and the held-out set alike, precision at
+  the remove threshold is at least {REMOVE_PRECISION:.2f} over at least {REMOVE_MIN_SUPPORT} texts
+  and no benign text is removed; otherwise the label only ever goes to review.
 
 ## Data
 - Training and validation: `pipeline/models/data/text_corpus.csv`, {report.rows["training"] + report.rows["validation"]}
-  texts written by the project (`pipeline/models/corpus.py`, `corpus_more.py`) in English and
-  French, from hand-written frames with slots: incitement, glorification of attackers, calls
-  to share attack footage and manifestos, dehumanising hate, gore; and benign texts that share
-  their words: news reports of attacks, condolences, counter-speech, quotes of violent words
-  in order to condemn them, history, sport, games and slang, everyday posts. Validation is a
-  fifth of the frames (all texts of a frame on one side).
+  texts written by the project (`pipeline/models/corpus.py`, `corpus_more.py`,
+  `corpus_everyday.py`) in English and French, from hand-written frames with slots:
+  incitement, glorification of attackers, calls to share attack footage and manifestos,
+  dehumanising hate, gore; and benign texts that share their words: news reports of attacks,
+  condolences, counter-speech, quotes of violent words in order to condemn them, history,
+  sport, games and slang; and everyday posts of many shapes (single words, emoji, questions,
+  replies, rants, texting slang, typos). Validation is a fifth of the frames (all texts of a
+  frame on one side).
 - Dev: `pipeline/models/data/text_dev.csv`, {report.rows["dev"]} texts written apart from the corpus, by
-  hand. It was the first held-out set; its totals, then its French errors, were read while the
-  corpus was extended and the head's penalty chosen, so it is a tuning set and its figures are
-  optimistic. It gates remove thresholds with the held-out set.
-- Held out: `pipeline/models/data/text_heldout.csv`, {report.rows["held-out"]} texts ({en["violating"]} violating and
-  {en["routine"]} everyday or news per language, the French largely a parallel of the English), written
-  after the dev set by another engineer, in other words, topics and sentence shapes, and
-  frozen before the corpus was last extended. The build refuses it if a text is a
+  hand. The first held-out set of the project; its totals and its French errors were read
+  while the corpus was extended. A tuning set: its figures are optimistic.
+- Dev 2: `pipeline/models/data/text_dev2.csv`, {report.rows["dev 2"]} texts, the second held-out set
+  (evaluated once, by the previous version: English recall 0.91, French 0.79, routine posts to
+  review 11.1% and 6.7%). Burned by that evaluation and now a tuning set: its errors were read
+  text by text to write `corpus_everyday.py`'s second batch, and it chooses the review
+  thresholds with the validation split and the dev set. Its figures are optimistic.
+- Held out (B): `pipeline/models/data/text_heldout.csv`, {report.rows["held-out"]} texts
+  ({en["violating"]} violating and {en["routine"]} everyday or news per language, the French largely a
+  parallel of the English), written
+  by the engineer of this version before any change to the corpus or the head, frozen by its
+  hash (SHA-256 `{report.heldout_sha256}`, recorded in this card before any tuning; the
+  build refuses the shipped file if it changes). The build refuses it if a text is a
   near-duplicate of a corpus or dev text (models/overlap.py). It was never used to train, to
-  write the corpus or to choose a threshold or setting; the figures below are its first
-  evaluation.
+  write the corpus or to choose a threshold or setting (it can only veto a remove threshold,
+  and none got past dev and dev 2); the figures below are its first and only evaluation.
 - No real user content, no real organisation names; invented towns.
 
-## Targets, on the held-out set
-A text is sent to review when any label reaches its review threshold.
+## Targets
+A text is sent to review when any label reaches its review threshold. Dev and dev 2 chose the
+thresholds; only the held-out column judges the targets.
 
-| target | lang | held out | |
-|---|---|---:|---|
+| target | lang | dev | dev 2 | held out | on held out |
+|---|---|---:|---:|---:|---|
 {met}
 
 ## Evaluation
@@ -502,18 +604,24 @@ A text is sent to review when any label reaches its review threshold.
 
 ## Limits
 - Every text, training, dev and held out, was written by the project's engineers, and the
-  held-out set by the same engineer who wrote this version's corpus additions (held-out set
-  first, frozen, then the corpus from the dev set's errors). These figures overstate how well
+  held-out set by the same engineer who then extended the corpus (held-out set first, frozen,
+  then the corpus from the dev sets' errors, kept away from the held-out set's topics as far
+  as its writer could). Some held-out texts share a theme with a dev or dev 2 text without
+  sharing its words (the overlap check compares word 3-grams, not meanings): a few dev 2
+  scenarios (a judge's address, hanging journalists, petrol at a migrants' hostel, seeding a
+  torrent of an attack stream, a bus driver waiting) have cousins in the held-out set, so the
+  held-out figures are not wholly independent of the tuning. These figures overstate how well
   the model does on real posts, where coded language, irony, misspelling, images of text and
   context (who posts, in reply to what) matter. Before relying on it, measure it on a sample
-  of the platform's own traffic and recalibrate (`build()` takes any corpus, dev and held-out
-  file with the same columns).
-- Counter-speech that names the slur, quotes of violent words, and condolences that mention
-  attackers are the hardest benign texts: they reach review more often than everyday posts
-  (see the tables above).
+  of the platform's own traffic and recalibrate (`build()` takes any corpus, dev, dev 2 and
+  held-out file with the same columns).
+- Counter-speech that names the slur, quotes of violent words, condolences that mention
+  attackers and news of attacks are the hardest benign texts: they reach review far more often
+  than everyday posts (see the tables above); the routine target counts everyday posts and
+  news only.
 - The evaluation sets have few texts per label and language (gore: 12 to 15 per language), so
   a figure of 1.00 means "no error seen in a few dozen", not "never wrong"; one everyday post
-  or news report is 1.1% of its language's routine texts, so the 2% target allows one.
+  or news report is 1.1% to 1.4% of a language's routine texts, so the 2% target allows one.
 - Languages other than English and French are untested.
 - Texts longer than {MAX_LENGTH} tokens (about 90 English words) are classified on their
   beginning only.

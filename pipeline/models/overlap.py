@@ -28,9 +28,14 @@ class Overlap:
 
 
 def normalise(text: str) -> str:
+    """Words only, without case or accents; a text without words (emoji only) keeps its symbols,
+    so that two different emoji-only posts are not taken for the same text."""
     decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
     letters = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(re.findall(r"\w+", letters))
+    words = " ".join(re.findall(r"\w+", letters))
+    if words:
+        return words
+    return "".join(c for c in letters if not c.isspace() and unicodedata.category(c) not in ("Mn", "Cf"))
 
 
 def ngrams(words: Sequence[str], n: int = N) -> set[tuple[str, ...]]:

@@ -4,6 +4,7 @@ path, and the classify stage, run by onnxruntime without a broker."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from dataclasses import replace
@@ -17,7 +18,7 @@ from PIL import Image
 
 from pipeline.models import build as model_build
 from pipeline.models import encoder as enc
-from pipeline.models.corpus import CORPUS, DEV, HELDOUT, LABELS, read
+from pipeline.models.corpus import CORPUS, DEV, DEV2, HELDOUT, LABELS, read
 from pipeline.models.overlap import near_duplicates, normalise
 from pipeline.models.registry import (
     DEFAULT_REGISTRY,
@@ -69,8 +70,12 @@ KNOWN = {
 }
 
 
-# Known texts the shipped head gets wrong, kept here rather than swapped for texts that pass: the
-# right label scores highest but just under its review threshold (0.48 against 0.48).
+# Known texts the shipped head gets wrong, kept here rather than swapped for texts that pass. The
+# English call to repost the shooting video: the previous head scored it just under review (0.48
+# against 0.48); this one, trained with many more everyday posts and with review thresholds
+# chosen for few routine posts at review, scores it 0.25 against 0.39 (benign 0.68) and misses
+# it clearly, while its French twin reaches review (0.67). violent_extremism is still its
+# highest harmful label; English calls to share footage are a known weakness (model card).
 KNOWN_MISSES = {"Repost the full video of the shooting before the platform deletes it."}
 
 
@@ -108,7 +113,8 @@ def test_known_texts_of_each_class_in_both_languages_fall_on_the_right_side(text
             if text in KNOWN_MISSES:
                 row = by_text[text]
                 review = text_model.spec.thresholds[label].review
-                assert LABELS[int(row[1:].argmax()) + 1] == label and row[LABELS.index(label)] > review - 0.05
+                assert LABELS[int(row[1:].argmax()) + 1] == label  # the right harmful label, under review
+                assert row[LABELS.index(label)] < review  # still a miss: move it back to KNOWN if it passes
                 continue
             assert got[text] == (set() if label == "benign" else {label}), (text, got[text])
     # no label removes on its own score where the held-out set did not show it safe
@@ -162,9 +168,9 @@ def test_the_use_encoder_matches_its_package() -> None:
     assert float((ours * reference).sum(axis=1).min()) > 0.999
 
 
-def small_corpus(tmp: Path) -> tuple[Path, Path, Path]:
+def small_corpus(tmp: Path) -> tuple[Path, Path, Path, Path]:
     """A few frames of every kind and language on each side of the split, and slices of the
-    dev and held-out sets."""
+    dev sets and the held-out set."""
     import csv
 
     rows = read(CORPUS)
@@ -173,29 +179,30 @@ def small_corpus(tmp: Path) -> tuple[Path, Path, Path]:
         groups = sorted({r["group"] for r in rows if r["kind"] == kind and r["lang"] == lang})
         for side, n in (("training", 3), ("validation", 2)):
             keep |= set([g for g in groups if model_build.split_of(g) == side][:n])
-    corpus, dev, heldout = tmp / "corpus.csv", tmp / "dev.csv", tmp / "heldout.csv"
+    corpus, dev, dev2, heldout = tmp / "corpus.csv", tmp / "dev.csv", tmp / "dev2.csv", tmp / "heldout.csv"
     chosen = [r for r in rows if r["group"] in keep]
-    for path, part in ((corpus, chosen), (dev, read(DEV)[::6]), (heldout, read(HELDOUT)[::6])):
+    parts = ((corpus, chosen), (dev, read(DEV)[::6]), (dev2, read(DEV2)[::6]), (heldout, read(HELDOUT)[::6]))
+    for path, part in parts:
         with path.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(part[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(part)
-    return corpus, dev, heldout
+    return corpus, dev, dev2, heldout
 
 
 def test_models_build_is_reproducible_and_reports_each_threshold_per_language(tmp_path: Path) -> None:
-    corpus, dev, heldout = small_corpus(tmp_path)
+    corpus, dev, dev2, heldout = small_corpus(tmp_path)
     outputs = []
     for run in ("a", "b"):
         head = tmp_path / f"head-{run}.onnx"
         registry = tmp_path / f"models-{run}.yaml"
-        report = model_build.build(corpus, heldout, head, registry, None, threads=1, dev_path=dev)
+        report = model_build.build(corpus, heldout, head, registry, None, threads=1, dev_path=dev, dev2_path=dev2)
         outputs.append((model_build.format_report(report), head.read_bytes(), registry.read_text()))
     assert outputs[0] == outputs[1]
     text = outputs[0][0]
     for label in ("violent_extremism", "hate", "graphic_violence"):
         assert f"{label}: review" in text
-    for where in ("validation", "dev", "held-out"):
+    for where in ("validation", "dev", "dev 2", "held-out"):
         for lang in ("en", "fr"):  # precision and recall at the review threshold, per set and language
             assert re.search(rf"{where}\s+{lang}\s+review \d\.\d\d\s+\d\.\d\d\s+\d\.\d\d", text), (where, lang)
     assert re.search(r"violating texts sent to review >= 0\.85\s+fr\s+\d\.\d\d \(\d+/\d+\)\s+(met|NOT MET)", text)
@@ -222,9 +229,12 @@ def test_near_duplicates_ignore_case_accents_and_punctuation() -> None:
 def test_the_held_out_set_is_apart_and_the_build_refuses_one_that_is_not(tmp_path: Path) -> None:
     import csv
 
-    model_build.check_apart(read(HELDOUT), read(CORPUS) + read(DEV))  # the shipped set passes
+    model_build.check_apart(read(HELDOUT), read(CORPUS) + read(DEV) + read(DEV2))  # the shipped set passes
     assert len(read(HELDOUT)) >= 400 and {r["lang"] for r in read(HELDOUT)} == {"en", "fr"}
-    corpus, dev, heldout = small_corpus(tmp_path)
+    langs = [r["lang"] for r in read(HELDOUT)]
+    assert langs.count("en") == langs.count("fr")  # balanced
+    assert hashlib.sha256(HELDOUT.read_bytes()).hexdigest() == model_build.HELDOUT_SHA256  # as frozen
+    corpus, dev, dev2, heldout = small_corpus(tmp_path)
     leaked = read(heldout) + [dict(read(corpus)[0], text=read(corpus)[0]["text"].upper() + " !!")]
     with heldout.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(
@@ -233,7 +243,7 @@ def test_the_held_out_set_is_apart_and_the_build_refuses_one_that_is_not(tmp_pat
         writer.writeheader()
         writer.writerows(leaked)
     with pytest.raises(model_build.OverlapError, match="1 held-out texts are too close"):
-        model_build.build(corpus, heldout, tmp_path / "h.onnx", None, None, threads=1, dev_path=dev)
+        model_build.build(corpus, heldout, tmp_path / "h.onnx", None, None, threads=1, dev_path=dev, dev2_path=dev2)
 
 
 def test_the_shipped_head_matches_the_installed_encoder_and_the_card() -> None:
@@ -245,9 +255,14 @@ def test_the_shipped_head_matches_the_installed_encoder_and_the_card() -> None:
     card = model_build.CARD_PATH.read_text()
     for label, t in spec.thresholds.items():
         assert f"{label}: review {t.review:.2f}" in card
-    assert "held-out" in card and " fr " in card and "text_dev.csv" in card
+    assert "held-out" in card and " fr " in card and "text_dev.csv" in card and "text_dev2.csv" in card
+    assert model_build.HELDOUT_SHA256 in card
     for lang in ("en", "fr"):  # the card says, per language, which targets the held-out set shows met
-        assert re.search(rf"\| violating texts sent to review >= 0\.85 \| {lang} \| \d\.\d\d \(\d+/112\) \| ", card)
+        figure = r"\d\.\d\d \(\d+/\d+\)"
+        assert re.search(
+            rf"\| violating texts sent to review >= 0\.85 \| {lang} \| {figure} \| {figure} \| \d\.\d\d \(\d+/95\) \| ",
+            card,
+        )
 
 
 def test_calibration_removes_only_where_held_out_precision_allows() -> None:
@@ -273,6 +288,28 @@ def test_calibration_removes_only_where_held_out_precision_allows() -> None:
     assert model_build.calibrate(validation, {"held-out": few})["hate"].remove is None
     with pytest.raises(ValueError, match="no graphic_violence texts"):
         model_build.calibrate(split([hate, ve, 0], [0.9, 0.0, 0.1], ["x"] * 3), {"held-out": clean})
+
+
+def test_review_thresholds_keep_routine_posts_under_the_target() -> None:
+    ve = LABELS.index("violent_extremism")
+
+    def split(langs: list[str], labels: list[int], kinds: list[str], scores: list[float]) -> model_build.Split:
+        s = model_build.Split([""] * len(labels), np.array(labels), np.array(langs), np.array(kinds))
+        full = np.zeros((len(labels), len(LABELS)), np.float32)
+        full[:, ve] = scores
+        s.scores = full
+        return s
+
+    langs, labels, kinds, scores = [], [], [], []
+    for lang in ("en", "fr"):  # per language: 100 routine posts (2% allows 2) and 15 violating texts
+        langs += [lang] * 115
+        labels += [0] * 100 + [ve] * 15
+        kinds += ["everyday"] * 100 + ["incitement"] * 15
+        scores += [0.05] * 97 + [0.6, 0.7, 0.8] + [0.9] * 10 + [0.65] * 5
+    chosen = model_build.choose_review([split(langs, labels, kinds, scores)])
+    assert chosen is not None and chosen["violent_extremism"] == 0.61  # the lowest with 2 routine posts over it
+    noisy = split(["en"] * 60, [0] * 50 + [ve] * 10, ["news"] * 50 + ["incitement"] * 10, [0.999] * 60)
+    assert model_build.choose_review([noisy]) is None  # no threshold keeps the routine texts out
 
 
 def copy_default(tmp: Path) -> Path:
