@@ -7,10 +7,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from confluent_kafka import Consumer, TopicPartition
+
 from pipeline.banks.table import BankTable
 from pipeline.config import Settings
 from pipeline.records import Record, Stage, signal
-from pipeline.runtime.reader import read_topic
+from pipeline.runtime.reader import TopicScan, read_topic
 from pipeline.runtime.runner import Runner
 
 
@@ -62,3 +64,35 @@ def wait_banked(table: BankTable, entries: list[Record], timeout_s: float = 30) 
             return
         assert time.monotonic() < deadline, f"the bank table did not get {len(wanted)} entries in {timeout_s} s"
         time.sleep(0.1)
+
+
+def wait_for(done: Callable[[], bool], timeout_s: float = 120.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Per partition, the offset after its last record (read, not asked: Tansu's ListOffsets is off)."""
+    scan = TopicScan(settings, settings.topic(topic))
+    ends = dict.fromkeys(scan.partitions, 0)
+    try:
+        deadline = time.monotonic() + 30
+        while not scan.at_end and time.monotonic() < deadline:
+            for m in scan.consume(1000, 0.2):
+                ends[m.partition()] = max(ends[m.partition()], (m.offset() or 0) + 1)
+    finally:
+        scan.close()
+    return ends
+
+
+def committed_through(settings: Settings, group: str, topic: str, ends: dict[int, int]) -> bool:
+    """True if `group` has committed `topic` up to `ends` on every partition."""
+    consumer = Consumer(settings.consumer_config(group))
+    try:
+        parts = [TopicPartition(settings.topic(topic), p) for p in ends]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
+    finally:
+        consumer.close()
+    return all(end == 0 or committed.get(p, -1) >= end for p, end in ends.items())

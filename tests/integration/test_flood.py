@@ -17,20 +17,19 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.app import App, connect_redis
 from pipeline.config import Settings
 from pipeline.policy.crisis import accept
 from pipeline.records import Incoming, Record, envelope, signal, stable_id
-from pipeline.runtime.reader import TopicScan, read_all
+from pipeline.runtime.reader import read_all
 from pipeline.sdk import ModerationProducer
 from pipeline.signals.media import MediaLimits, media_signals
 from pipeline.stages.flood import FloodStage
 from pipeline.state.floods import PREFIX, Copy, Limits, RedisFloodStore
 from tests.media import encode, photo
 
-from .helpers import collect, running
+from .helpers import collect, committed_through, end_offsets, running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -146,33 +145,10 @@ def committed_all(settings: Settings, group: str, topic: str, records: int) -> C
     """True once `topic` holds `records` records and `group` has committed all of them."""
 
     def done() -> bool:
-        scan = TopicScan(settings, settings.topic(topic))
-        ends = dict.fromkeys(scan.partitions, 0)
-        try:
-            deadline = time.monotonic() + 30
-            while not scan.at_end and time.monotonic() < deadline:
-                for m in scan.consume(1000, 0.2):
-                    ends[m.partition()] = max(ends[m.partition()], (m.offset() or 0) + 1)
-        finally:
-            scan.close()
-        if sum(ends.values()) < records:
-            return False
-        consumer = Consumer(settings.consumer_config(group))
-        try:
-            parts = [TopicPartition(settings.topic(topic), p) for p in ends]
-            committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
-        finally:
-            consumer.close()
-        return all(end == 0 or committed.get(p, -1) >= end for p, end in ends.items())
+        ends = end_offsets(settings, topic)
+        return sum(ends.values()) >= records and committed_through(settings, group, topic, ends)
 
     return done
-
-
-def wait_for(done: Callable[[], bool], timeout_s: float = 120.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def restricted(decisions: list[Record], content_ids: set[str]) -> list[Record]:

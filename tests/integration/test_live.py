@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -22,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.app import App, connect_redis
 from pipeline.config import Settings
 from pipeline.records import Record, record_key
-from pipeline.runtime.reader import TopicScan, read_all
+from pipeline.runtime.reader import read_all
 from pipeline.sdk import ModerationProducer
 from pipeline.signals.media import MediaLimits, media_signals
 from pipeline.state.accounts import PREFIX as ACCOUNT_PREFIX
@@ -35,7 +33,7 @@ from pipeline.state.streams import PREFIX as STREAM_PREFIX
 from tests.media import encode, frames_of, photo, reencode_video, video
 
 from ..conftest import settings_env
-from .helpers import running
+from .helpers import committed_through, end_offsets, running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -110,41 +108,10 @@ def bank_video(producer: ModerationProducer, hashes: list[str]) -> None:
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-def wait_for(done: Callable[[], bool], timeout_s: float = 90.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    """Per partition, the offset after its last record (read, not asked: Tansu's ListOffsets is off)."""
-    scan = TopicScan(settings, settings.topic(topic))
-    ends = dict.fromkeys(scan.partitions, 0)
-    try:
-        deadline = time.monotonic() + 30
-        while not scan.at_end and time.monotonic() < deadline:
-            for m in scan.consume(1000, 0.2):
-                ends[m.partition()] = max(ends[m.partition()], (m.offset() or 0) + 1)
-    finally:
-        scan.close()
-    return ends
-
-
 def caught_up(settings: Settings, group: str, topic: str) -> Callable[[], bool]:
     """True once `group` has committed every record of `topic` produced so far."""
     ends = end_offsets(settings, topic)
-
-    def done() -> bool:
-        consumer = Consumer(settings.consumer_config(group))
-        try:
-            parts = [TopicPartition(settings.topic(topic), p) for p in ends]
-            committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
-        finally:
-            consumer.close()
-        return all(end == 0 or committed.get(p, -1) >= end for p, end in ends.items())
-
-    return done
+    return lambda: committed_through(settings, group, topic, ends)
 
 
 def of_stream(settings: Settings, stream_id: str) -> list[Record]:
