@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from pipeline.config import TOPICS, Settings
-from pipeline.records import Record, envelope, signal, subject_key
+from pipeline.records import HASH_FORMATS, Record, envelope, signal, subject_key
 from pipeline.serde import Codec
 
 
@@ -53,9 +53,7 @@ class ModerationProducer:
             "media_uri": media_uri,
             "media_type": media_type,
             "text": text,
-            "signals": [signal(k, v, 100 if k in ("pdq", "video_pdq") else None) for k, v in signals.items()]
-            if signals
-            else None,
+            "signals": _ready_signals(signals) if signals else None,
         }
         return self.send("uploads", event)
 
@@ -175,3 +173,17 @@ class ModerationProducer:
 
     def __exit__(self, *exc: object) -> None:
         self.flush()
+
+
+def _ready_signals(hashes: dict[str, str]) -> list[Record]:
+    """Signals from `{signal_type: hash}`, checked here so that a bad one raises at send time
+    rather than sending the upload to the dead-letter topic."""
+    out = []
+    for kind, value in hashes.items():
+        kind, value = kind.strip().lower(), value.strip().lower()
+        if kind not in HASH_FORMATS:
+            raise ValueError(f"unknown signal type {kind!r}; known: {', '.join(HASH_FORMATS)}")
+        if not HASH_FORMATS[kind].fullmatch(value):
+            raise ValueError(f"{value[:80]!r} is not a {kind} hash (hex digits of its length)")
+        out.append(signal(kind, value, 100 if kind in ("pdq", "video_pdq") else None))
+    return out

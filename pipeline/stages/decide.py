@@ -70,6 +70,16 @@ def decision_from(record: Record, policy: Policy, outcome: Outcome, action: str 
     )
 
 
+def own_signals(signals: list[Record], given: list[Record] | None) -> list[Record]:
+    """The signals that may be banked or shared: those computed here from the media, not the
+    hashes an upload event brought (UploadEvent.signals), which are matched but never banked
+    or shared: a wrong or hostile hash there must not put other people's content in a bank."""
+    if not given:
+        return signals
+    brought = {(s["signal_type"], s["value"]) for s in given}
+    return [s for s in signals if (s["signal_type"], s["value"]) not in brought]
+
+
 def removal_entries(signals: list[Record], d: Record, bank: str) -> list[Output]:
     """BankEntry outputs for the hashes of a removed item."""
     item = subject_key(d["envelope"])
@@ -183,10 +193,11 @@ class DecideStage:
                 result.claim = (content_id, record["envelope"]["event_id"], task)
             else:
                 result.outputs.append(task)
+        own = own_signals(record["signals"], (record.get("upload") or {}).get("signals"))
         if "bank" in rule.effects and rule.action in UPHELD:
-            result.outputs += removal_entries(record["signals"], d, self.removed_bank)
+            result.outputs += removal_entries(own, d, self.removed_bank)
         if "share" in rule.effects and rule.action in UPHELD:
-            result.outputs += shared_signals(record["signals"], d)
+            result.outputs += shared_signals(own, d)
         if rule.action in FINAL and record["kind"] == "report" and self.reports is not None:
             result.resolved = (record["envelope"]["content_id"], d["decided_at"])  # a reported item, acted on
         return result
@@ -238,9 +249,11 @@ class DecideStage:
             "scores": [],
         }
         content_id = env.get("content_id")
+        given: list[Record] = []
         if self.reports is not None and content_id:
             [stored] = self.reports.recall_content([content_id])
             record["signals"] = (stored or {}).get("signals", [])
+            given = (stored or {}).get("given", [])
         d = decision(
             record,
             self.policy,
@@ -253,7 +266,7 @@ class DecideStage:
         d["decision_id"] = stable_id(v["task_id"], "verdict")
         result = _Decided([Output("decisions", subject_key(env), d)])
         if v["action"] in UPHELD:
-            result.outputs += removal_entries(record["signals"], d, self.removed_bank)
+            result.outputs += removal_entries(own_signals(record["signals"], given), d, self.removed_bank)
         if self.reports is not None and content_id:
             result.verdict = (content_id, v["action"] in UPHELD, v["task_id"])
             result.resolved = (content_id, d["decided_at"])

@@ -92,7 +92,8 @@ def given_signals(event: Record) -> list[Record]:
             )
         if not form.fullmatch(s["value"]):
             raise StageError(f"signals[{n}]: {s['value'][:80]!r} is not a {s['signal_type']} hash in lower-case hex")
-    return list(given)
+    perceptual = ("pdq", "video_pdq")  # without a quality, trusted as good, as POST /v1/check does
+    return [{**s, "quality": 100} if s["signal_type"] in perceptual and s["quality"] is None else s for s in given]
 
 
 def check_envelope(event: Record, now: int | None = None) -> None:
@@ -231,4 +232,5 @@ class EnrichStage:
                 "media_uri": None,
                 "media_type": None,
                 "text": stored["text"],
+                "signals": stored.get("given") or None,
             }

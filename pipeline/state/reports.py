@@ -131,9 +131,9 @@ class RedisReportStore:
         replies = self._script(args=[self.prefix, len(adds) // 7, *adds, *items])
         out = {}
         for content_id, (reporters, reasons, meta, totals) in zip(items, replies, strict=True):
-            trust = sum(
-                (int(totals[2 * i + 1] or 0) + 1) / (int(totals[2 * i] or 0) + 2) for i in range(len(reporters))
-            )
+            # summed in reporter order, so that a redelivery adds the same floats in the same order
+            per_reporter = sorted(zip(reporters, totals[0::2], totals[1::2], strict=True))
+            trust = sum((int(upheld or 0) + 1) / (int(total or 0) + 2) for _, total, upheld in per_reporter)
             first, deadline, actioned = meta
             out[content_id] = {
                 "content_id": content_id,
@@ -216,7 +216,12 @@ class RedisReportStore:
         keys = [f"{self.prefix}content:{r['envelope']['content_id']}" for r in records]
         values = [
             json.dumps(
-                {"signals": r["signals"], "text": (r["upload"] or {}).get("text"), "user_id": r["envelope"]["user_id"]}
+                {
+                    "signals": r["signals"],
+                    "given": (r["upload"] or {}).get("signals") or [],  # brought by the event, not computed
+                    "text": (r["upload"] or {}).get("text"),
+                    "user_id": r["envelope"]["user_id"],
+                }
             )
             for r in records
         ]

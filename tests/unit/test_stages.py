@@ -89,6 +89,9 @@ def test_enrich_adds_the_hashes_an_upload_brings_and_refuses_malformed_ones() ->
     given = [{"signal_type": "pdq", "value": "ab" * 32, "quality": 100, "frame": None}]
     [record] = through(EnrichStage(FakeAccounts()), record=upload(media=None, signals=given))
     assert record["signals"] == given and record["media_error"] is None
+    unrated = [{**given[0], "quality": None}]  # a PDQ without a quality is trusted as good, as the API does
+    [record] = through(EnrichStage(FakeAccounts()), record=upload(media=None, signals=unrated))
+    assert record["signals"] == given
     [decision] = through(
         EnrichStage(FakeAccounts()),
         MatchStage(bank()),
@@ -106,6 +109,18 @@ def test_enrich_adds_the_hashes_an_upload_brings_and_refuses_malformed_ones() ->
         bad_signal = [{"signal_type": bad, "value": "AB" * 32, "quality": None, "frame": None}]
         [dead] = EnrichStage(FakeAccounts()).process([upload(media=None, signals=bad_signal)])
         assert dead.topic == "dlq" and why in dead.value["error"]
+
+
+def test_hashes_an_upload_brings_are_matched_but_never_banked_or_shared() -> None:
+    claimed = {"signal_type": "sha256", "value": "cd" * 32, "quality": None, "frame": None}  # someone else's file
+    stages = (EnrichStage(FakeAccounts()), MatchStage(bank()), DecideStage(POLICY))
+    outputs = through(*stages, record=upload(signals=[claimed]))
+    [d] = [o for o in outputs if "rule_id" in o]
+    assert d["action"] == "remove" and claimed in d["signals"]  # evidence, as given
+    banked = [o["hash"] for o in outputs if "bank" in o and "hash" in o and "rule_id" not in o]
+    shared = [o["hash"] for o in outputs if "source_platform" in o]
+    assert hashlib.sha256(MEDIA).hexdigest() in banked and hashlib.sha256(MEDIA).hexdigest() in shared
+    assert claimed["value"] not in banked + shared
 
 
 def test_enrich_says_why_media_by_reference_is_unhashed() -> None:
