@@ -119,6 +119,10 @@ class TokenTable:
             out[hexdigest] = Principal(name, _scopes(scopes, where))
         return out
 
+    def of_digest(self, hexdigest: str) -> Principal | None:
+        """The principal of a token known by its SHA-256 (a console session's), if still configured."""
+        return self._by_digest.get(hexdigest)
+
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an Authorization header; raises ApiError 401."""
         challenge = {"WWW-Authenticate": 'Bearer realm="modstream"'}

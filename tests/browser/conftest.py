@@ -26,7 +26,7 @@ from pipeline.dev.services import free_port
 
 from ..conftest import settings_env
 
-REVIEWER_TOKEN = "reviewer-token-0123456789"  # rita, scope review
+REVIEWER_TOKEN = "reviewer-token-0123456789"  # rita, scopes review and banks:write
 CHECK_TOKEN = "check-only-token-0123456789"  # carl, scope check
 WRITER_TOKEN = "bank-writer-token-0123456789"  # walt, scope banks:write (the HMA API)
 
@@ -62,7 +62,7 @@ def console(settings: Settings, tmp_path: Path) -> Iterator[Console]:
     """`modstream serve` with the console; a reviewer's token, a check-only one, a bank writer's."""
     port = free_port()
     tokens = {
-        REVIEWER_TOKEN: {"name": "rita", "scopes": ["review"]},
+        REVIEWER_TOKEN: {"name": "rita", "scopes": ["review", "banks:write"]},
         CHECK_TOKEN: {"name": "carl", "scopes": ["check"]},
         WRITER_TOKEN: {"name": "walt", "scopes": ["banks:write"]},
     }

@@ -2,7 +2,8 @@
 Redis: a reviewer signs in, works the queue most urgent first, looks at an item's evidence
 with its media veiled until revealed, removes it with a key, and the verdict becomes a final
 decision; sign-in without the review scope, sessions and CSRF; disabling a bank entry;
-declaring and closing an incident. Every write, the API's too, shows up on the audit topic."""
+declaring and closing an incident; accepting an incident flood detection proposed and adding
+seed media to it. Every write, the API's too, shows up on the audit topic."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pipeline.policy import crisis
 from pipeline.policy.review import open_tasks
 from pipeline.records import Record, now_ms, stable_id
 from pipeline.sdk import ModerationProducer
+from pipeline.signals.media import MediaLimits, media_signals
 from tests.integration.helpers import collect, running
 from tests.media import encode, photo
 
@@ -262,6 +264,74 @@ def test_an_incident_is_declared_and_closed(settings: Settings, console: Console
     [declared] = audited(settings, "incident.declare")
     assert incident["incident_id"] in declared["details"]
     assert len(audited(settings, "incident.close")) == 1
+    assert console.outside == []
+
+
+def test_a_proposed_incident_is_accepted_and_given_more_seed_media(
+    settings: Settings, console: Console, page: Page, shot: Shot
+) -> None:
+    # The Incident flood detection proposes (pipeline.stages.flood): the copies' SHA-256 and PDQ.
+    run = uuid.uuid4().hex[:8]
+    incident_id = f"inc-flood-{run}"
+    copy = encode(photo(3300), quality=90)
+    seeds = [{**s, "frame": None} for s in media_signals(copy, MediaLimits()) if s["signal_type"] in ("sha256", "pdq")]
+    proposal = {
+        "incident_id": incident_id,
+        "title": f"possible flood: 25 accounts uploaded the same content in 10 minutes ({run})",
+        "status": "proposed",
+        "declared_at": now_ms(),
+        "closed_at": None,
+        "signals": seeds,
+        "category": "terrorism",
+        "severity": "high",
+        "reason": "flood detection: 25 distinct accounts uploaded copies of one piece of content within 10 minutes",
+    }
+    with ModerationProducer(settings) as producer:
+        producer.send("incidents", proposal, key=incident_id)
+
+    sign_in(page)
+    expect(page).to_have_url(re.compile(r"/console/queue$"))
+    page.click("nav >> text=Incidents")
+    row = page.locator(f'#proposed tr[data-incident="{incident_id}"]')
+    expect(row).to_have_attribute("data-status", "proposed")
+    expect(page.locator(f'#incidents tr[data-incident="{incident_id}"]')).to_have_count(0)
+    shot("proposed")
+
+    row.locator("input[name=reason]").fill("confirmed: attack footage")
+    row.locator("button", has_text="Accept").click()
+    expect(page.locator(".message")).to_contain_text("Incident accepted")
+    declared = page.locator(f'#incidents tr[data-incident="{incident_id}"]')
+    expect(declared).to_have_attribute("data-status", "active")
+    expect(page.locator(f'#proposed tr[data-incident="{incident_id}"]')).to_have_count(0)
+    shot("accepted")
+    [incident] = [i for i in crisis.incidents(settings) if i["incident_id"] == incident_id]  # on mod.incidents
+    assert (incident["status"], incident["reason"]) == ("active", "confirmed: attack footage")
+    bank = crisis.incident_bank(incident_id)
+    banked = {(e["signal_type"], e["hash"]) for e in admin.current(settings, bank)}
+    assert banked == {(s["signal_type"], s["value"]) for s in seeds}
+    [accepted] = audited(settings, "incident.accept")
+    assert accepted["via"] == "console"
+    assert json.loads(accepted["details"])["incident_id"] == incident_id
+
+    # More seed media from the incident's row.
+    declared.locator("summary", has_text="Add media").click()
+    more = encode(photo(3301), quality=90)
+    declared.locator("input[name=media]").set_input_files(
+        files=[{"name": "still.jpg", "mimeType": "image/jpeg", "buffer": more}]
+    )
+    shot("add-media")
+    declared.locator("button", has_text="Add").click()
+    expect(page.locator(".message")).to_contain_text("Seed media added")
+    added = {(s["signal_type"], s["value"]) for s in media_signals(more, MediaLimits()) if s["signal_type"] == "sha256"}
+    assert added <= {(e["signal_type"], e["hash"]) for e in admin.current(settings, bank)}
+    [incident] = [i for i in crisis.incidents(settings) if i["incident_id"] == incident_id]
+    assert len(incident["signals"]) > len(seeds) and incident["status"] == "active"
+    expect(page.locator(f'#incidents tr[data-incident="{incident_id}"] td').nth(7)).to_have_text(
+        str(len(incident["signals"]))
+    )
+    shot("media-added")
+    [media] = audited(settings, "incident.add_media")
+    assert json.loads(media["details"])["incident_id"] == incident_id
     assert console.outside == []
 
 

@@ -1,9 +1,12 @@
 """The review console through Starlette's TestClient, with a fake backend for Kafka and Redis:
 sessions and sign-in, CSRF and origin checks, escaping, the item page's evidence and veiled
-media, verdicts, escalation, bank and incident writes and their audit, the report's charts."""
+media, verdicts, escalation, bank search (near PDQ hashes too, through the real backend's
+search over a BankTable) and incident writes (declare, accept a proposal, add seed media,
+close) and their audit, the report's charts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -19,20 +22,37 @@ from pipeline.api.app import Services, build_services, create_app
 from pipeline.api.auth import TokenTable
 from pipeline.api.console import charts
 from pipeline.api.console.audit import audit_record, audited_bank_writer
+from pipeline.api.console.backend import KafkaBackend
 from pipeline.api.console.html import esc, tag, time_left
 from pipeline.api.console.session import COOKIE, Sessions
 from pipeline.api.settings import ApiSettings
-from pipeline.banks.table import BankTable
+from pipeline.banks.table import BankTable, MatchConfig
+from pipeline.config import Settings
 from pipeline.records import Record, envelope, now_ms
-from pipeline.signals.media import MediaLimits
+from pipeline.signals.media import MediaError, MediaLimits
 from tests.media import encode, photo
 
-REVIEW_TOKEN = "review-token-0123456789"
+REVIEW_TOKEN = "review-token-0123456789"  # rita: review and banks:write
+VERDICTS_TOKEN = "verdicts-only-token-0123456789"  # vera: review alone
 CHECK_TOKEN = "check-token-0123456789"
 JPEG = encode(photo(21, (64, 48)))
 DIGEST = "ab" * 32
 HOSTILE = '<script>alert("x")</script>'
 SECRET = b"s" * 32
+PDQ = "5a" * 32
+
+
+def near(value: str, bits: int) -> str:
+    """`value`, a 256-bit hash, with its lowest `bits` bits flipped: at Hamming distance `bits`."""
+    return f"{int(value, 16) ^ ((1 << bits) - 1):064x}"
+
+
+def entry(bank: str, signal_type: str, value: str) -> Record:
+    return {"bank": bank, "signal_type": signal_type, "hash": value, "category": "terrorism"} | {
+        "severity": "critical",
+        "source": "ops",
+        "added_at": 0,
+    }
 
 
 def task(task_id: str, content_id: str, priority: int, deadline: int, reason: str = "report burst") -> Record:
@@ -56,9 +76,9 @@ class FakeBackend:
         self.written: list[tuple[Any, ...]] = []
         self.audits: list[Record] = []
         self.stored_media = {DIGEST: JPEG, "cd" * 32: b"<html><script>alert(1)</script></html>"}
-        self.entries = [
-            {"bank": "tvec", "signal_type": "md5", "hash": "0" * 32, "category": "terrorism", "severity": "critical"}
-        ]
+        # The bank search is the real backend's, over a bank table; bank "strict" matches PDQ within 8.
+        self.table = BankTable(MatchConfig(bank_thresholds={"strict": 8}))
+        self.table.load([entry("tvec", "md5", "0" * 32)])
         self.incident_list: list[Record] = []
 
     def audit(self, who: str, action: str, via: str, subject: str | None = None, **details: Any) -> Record:
@@ -109,10 +129,10 @@ class FakeBackend:
         return task
 
     def bank_entries(self, value: str) -> list[Record]:
-        return [e | {"source": "ops", "added_at": 0} for e in self.entries if e["hash"] == value]
+        return KafkaBackend(Settings(), self.table, self.audit).bank_entries(value)
 
     def bank_counts(self) -> dict[str, int]:
-        return {"tvec/md5": len(self.entries), "removed/pdq": 3}
+        return {"tvec/md5": len(self.table), "removed/pdq": 3}
 
     def disable(self, bank: str, signal_type: str, value: str) -> int:
         self.written.append(("disable", bank, signal_type, value))
@@ -130,11 +150,33 @@ class FakeBackend:
         self.written.append(("declare", title, [p.read_bytes() for p in media], hashes))
         return incident, len(hashes)
 
+    def _incident(self, incident_id: str, status: str) -> Record:
+        """The incident, if it has `status`: KeyError if there is none, ValueError if not, as crisis's."""
+        found = next((i for i in self.incident_list if i["incident_id"] == incident_id), None)
+        if found is None:
+            raise KeyError(incident_id)
+        if found["status"] != status:
+            raise ValueError(f"incident {incident_id} is {found['status']}, not {status}")
+        return found
+
+    def add_media(self, incident_id: str, media: list[Path]) -> int:
+        self._incident(incident_id, "active")
+        if any(not p.read_bytes().startswith(b"\xff\xd8") for p in media):
+            raise MediaError("not an image or a video")
+        self.written.append(("add_media", incident_id, [(p.name, p.read_bytes()) for p in media]))
+        return 8 * len(media)
+
     def close_incident(self, incident_id: str) -> Record:
         if incident_id not in {i["incident_id"] for i in self.incident_list}:
             raise KeyError(incident_id)
         self.written.append(("close", incident_id))
         return {}
+
+    def accept(self, incident_id: str, reason: str) -> tuple[Record, int]:
+        proposed = self._incident(incident_id, "proposed")
+        proposed |= {"status": "active", "reason": reason or proposed["reason"]}
+        self.written.append(("accept", incident_id, reason))
+        return proposed, len(proposed["signals"])
 
     def report(self) -> dict[str, Any]:
         return {
@@ -159,7 +201,15 @@ def backend() -> FakeBackend:
 @pytest.fixture
 def client(backend: FakeBackend) -> Iterator[TestClient]:
     tokens = TokenTable.from_config(
-        json.dumps({REVIEW_TOKEN: {"name": "rita", "scopes": ["review"]}, CHECK_TOKEN: ["check"]}), "", ""
+        json.dumps(
+            {
+                REVIEW_TOKEN: {"name": "rita", "scopes": ["review", "banks:write"]},
+                VERDICTS_TOKEN: {"name": "vera", "scopes": ["review"]},
+                CHECK_TOKEN: ["check"],
+            }
+        ),
+        "",
+        "",
     )
     api = ApiSettings(tokens, hash_threads=1)
     publisher = SimpleNamespace(close=lambda: None)
@@ -169,9 +219,9 @@ def client(backend: FakeBackend) -> Iterator[TestClient]:
         yield c
 
 
-def sign_in(client: TestClient) -> str:
+def sign_in(client: TestClient, token: str = REVIEW_TOKEN) -> str:
     """Signs in as the reviewer; returns the session's CSRF token (from the queue page's form)."""
-    r = client.post("/console/login", data={"token": REVIEW_TOKEN})
+    r = client.post("/console/login", data={"token": token})
     assert r.status_code == 303 and r.headers["location"] == "/console/queue"
     page = client.get("/console/queue")
     found = re.search(r'name="csrf" value="([^"]+)"', page.text)
@@ -182,11 +232,11 @@ def sign_in(client: TestClient) -> str:
 # ---- sessions and sign-in ---------------------------------------------------------------------
 def test_a_session_cookie_is_signed_and_expires() -> None:
     sessions = Sessions(SECRET, 60)
-    session, cookie = sessions.issue("rita", now=1000)
+    session, cookie = sessions.issue("rita", "d" * 64, now=1000)
     assert sessions.read(cookie, now=1001) == session
     assert sessions.read(cookie, now=1061) is None  # expired
     payload, signature = cookie.split(".")
-    other, elsewhere = Sessions(b"x" * 32, 60).issue("rita", now=1000)
+    other, elsewhere = Sessions(b"x" * 32, 60).issue("rita", "d" * 64, now=1000)
     assert sessions.read(elsewhere, now=1001) is None  # signed with another secret
     assert sessions.read(payload[:-2] + "AA." + signature, now=1001) is None  # tampered
     assert sessions.read("", now=1001) is None and sessions.read("garbage", now=1001) is None
@@ -210,6 +260,29 @@ def test_sign_in_needs_a_token_with_the_review_scope(client: TestClient) -> None
     assert REVIEW_TOKEN not in cookie
     assert "rita" in client.get("/console/queue").text
     assert not [p for p in client.get("/openapi.json").json()["paths"] if p.startswith("/console")]
+
+
+def test_a_reviewers_token_alone_gives_verdicts_but_writes_no_bank_or_incident(
+    client: TestClient, backend: FakeBackend
+) -> None:
+    csrf = sign_in(client, VERDICTS_TOKEN)
+    writes = [
+        ("/console/banks/disable", {"bank": "tvec", "signal_type": "md5", "hash": "ab" * 16}),
+        ("/console/incidents/declare", {"title": "t", "category": "terrorism", "severity": "high"}),
+        ("/console/incidents/inc-1/close", {}),
+        ("/console/incidents/inc-1/accept", {}),
+    ]
+    for path, fields in writes:
+        r = client.post(path, data={"csrf": csrf, **fields})
+        assert r.status_code == 403 and "vera lacks the banks:write scope" in r.text, path
+    assert backend.written == [] and backend.audits == []
+
+
+def test_a_token_removed_from_the_configuration_ends_its_sessions(client: TestClient) -> None:
+    sign_in(client)
+    assert client.get("/console/queue").status_code == 200
+    client.app.state.console.tokens = TokenTable.from_config(json.dumps({CHECK_TOKEN: ["check"]}), "", "")  # type: ignore[attr-defined]
+    assert client.get("/console/queue").headers["location"] == "/console/login"
 
 
 def test_sign_out_ends_the_session_in_the_browser(client: TestClient) -> None:
@@ -321,6 +394,46 @@ def test_a_bank_entry_is_found_by_hash_and_disabled(client: TestClient, backend:
     assert json.loads(audit["details"]) == {"bank": "tvec", "signal_type": "md5", "hash": "0" * 32}
 
 
+def test_bank_search_by_a_pdq_hash_finds_near_entries_within_each_banks_threshold(
+    client: TestClient, backend: FakeBackend
+) -> None:
+    backend.table.load(
+        [
+            entry("tvec", "pdq", PDQ),  # the hash itself
+            entry("tvec", "pdq", near(PDQ, 12)),  # within the default threshold, 31
+            entry("tvec", "pdq", near(PDQ, 40)),  # beyond it
+            entry("strict", "pdq", near(PDQ, 5)),  # within this bank's own threshold, 8
+            entry("strict", "pdq", near(PDQ, 12)),  # beyond it
+            entry("files", "sha256", PDQ),  # the same 64 hex digits as a SHA-256: an exact match
+            entry("files", "sha256", near(PDQ, 1)),  # exact types are never near
+        ]
+    )
+    found = backend.bank_entries(PDQ.upper())
+    assert [(e["bank"], e["signal_type"], e["hash"], e["distance"]) for e in found] == [
+        ("files", "sha256", PDQ, 0),
+        ("tvec", "pdq", PDQ, 0),
+        ("strict", "pdq", near(PDQ, 5), 5),
+        ("tvec", "pdq", near(PDQ, 12), 12),
+    ]
+    csrf = sign_in(client)
+    r = client.get("/console/banks", params={"hash": PDQ})
+    shown = re.findall(r'<tr data-bank="([^"]+)" data-hash="([0-9a-f]+)" data-distance="(\d+)">', r.text)
+    assert shown == [
+        ("files", PDQ, "0"),
+        ("tvec", PDQ, "0"),
+        ("strict", near(PDQ, 5), "5"),
+        ("tvec", near(PDQ, 12), "12"),
+    ]
+    assert "<th>Distance</th>" in r.text and '<td class="num">12</td>' in r.text and '<td class="num">-</td>' in r.text
+    assert f'name="hash" value="{near(PDQ, 12)}"' in r.text  # a near entry is disabled by its own hash
+    far = client.get("/console/banks", params={"hash": near(PDQ, 256)}).text  # every bit flipped
+    assert "or a PDQ hash within its threshold of it" in far and "<table" not in far.split("bank-search")[1]
+    r = client.post(
+        "/console/banks/disable", data={"csrf": csrf, "bank": "strict", "signal_type": "pdq"} | {"hash": near(PDQ, 5)}
+    )
+    assert r.status_code == 303 and backend.written == [("disable", "strict", "pdq", near(PDQ, 5))]
+
+
 def test_an_incident_is_declared_with_hashes_and_media_then_closed(client: TestClient, backend: FakeBackend) -> None:
     csrf = sign_in(client)
     fields = {"csrf": csrf, "title": "attack stream", "category": "terrorism", "severity": "critical"}
@@ -336,6 +449,89 @@ def test_an_incident_is_declared_with_hashes_and_media_then_closed(client: TestC
     assert client.post("/console/incidents/inc-404/close", data={"csrf": csrf}).status_code == 404
     assert [a["action"] for a in backend.audits] == ["incident.declare", "incident.close"]
     assert json.loads(backend.audits[0]["details"])["hashes"] == 2
+
+
+def proposed(incident_id: str = "inc-p") -> Record:
+    """An Incident as flood detection proposes it (pipeline.stages.flood)."""
+    return {
+        "incident_id": incident_id,
+        "title": f"possible flood {HOSTILE}",
+        "status": "proposed",
+        "declared_at": now_ms(),
+        "closed_at": None,
+        "signals": [{"signal_type": "pdq", "value": PDQ, "quality": 100, "frame": None}],
+        "category": "terrorism",
+        "severity": "high",
+        "reason": f"flood detection: 30 distinct accounts {HOSTILE}",
+    }
+
+
+def test_a_proposed_incident_is_listed_apart_and_accepted(client: TestClient, backend: FakeBackend) -> None:
+    backend.incident_list = [proposed()]
+    csrf = sign_in(client)
+    page = client.get("/console/incidents").text
+    listed = page.split('id="proposed"')[1].split('id="incidents"')[0]
+    assert (
+        'data-incident="inc-p" data-status="proposed"' in listed
+        and 'action="/console/incidents/inc-p/accept"' in listed
+    )
+    assert "30 distinct accounts" in listed and "<td>1</td>" in listed  # its reason and its one hash
+    assert 'data-incident="inc-p"' not in page.split('id="incidents"')[1]  # not among the declared ones
+    assert HOSTILE not in page and esc(HOSTILE) in page
+    url = "/console/incidents/inc-p/accept"
+    assert client.post(url, data={"reason": "confirmed"}).status_code == 403  # no CSRF token
+    assert (
+        client.post(
+            url, data={"csrf": csrf, "reason": "confirmed"}, headers={"Origin": "https://evil.example"}
+        ).status_code
+        == 403
+    )
+    assert backend.written == [] and backend.audits == []
+    r = client.post(url, data={"csrf": csrf, "reason": "confirmed"})
+    assert r.status_code == 303 and r.headers["location"] == "/console/incidents?done=accepted"
+    assert backend.written == [("accept", "inc-p", "confirmed")]
+    [audit] = backend.audits
+    assert (audit["who"], audit["action"], audit["via"]) == ("rita", "incident.accept", "console")
+    details = json.loads(audit["details"])
+    assert details["incident_id"] == "inc-p" and details["hashes"] == 1 and details["reason"] == "confirmed"
+    page = client.get("/console/incidents?done=accepted").text
+    assert "Incident accepted" in page and "No proposed incidents." in page
+    assert 'data-incident="inc-p" data-status="active"' in page and "/console/incidents/inc-p/media" in page
+    assert client.post(url, data={"csrf": csrf}).status_code == 409  # accepted already
+    assert client.post("/console/incidents/inc-404/accept", data={"csrf": csrf}).status_code == 404
+    assert len(backend.audits) == 1
+
+
+def test_seed_media_is_added_to_an_active_incident(client: TestClient, backend: FakeBackend) -> None:
+    backend.incident_list = [
+        proposed("inc-p"),
+        proposed("inc-1") | {"status": "active"},
+        proposed("inc-2") | {"status": "closed"},
+    ]
+    csrf = sign_in(client)
+    page = client.get("/console/incidents").text
+    assert page.count('enctype="multipart/form-data"') == 2  # inc-1's row, and the declaration
+    assert 'action="/console/incidents/inc-1/media"' in page and "/console/incidents/inc-2/media" not in page
+    url = "/console/incidents/inc-1/media"
+    files = [("media", ("a.jpg", JPEG, "image/jpeg")), ("media", ("b.jpg", JPEG, "image/jpeg"))]
+    assert client.post(url, data={}, files=files).status_code == 403  # no CSRF token
+    r = client.post(url, data={"csrf": csrf}, files=files)
+    assert r.status_code == 303 and r.headers["location"] == "/console/incidents?done=media"
+    digest = hashlib.sha256(JPEG).hexdigest()
+    assert backend.written == [("add_media", "inc-1", [(f"seed-{digest}", JPEG)])]  # named by content, once
+    [audit] = backend.audits
+    assert (audit["who"], audit["action"], audit["via"]) == ("rita", "incident.add_media", "console")
+    assert json.loads(audit["details"]) == {"incident_id": "inc-1", "media_sha256": [digest], "hashes": 8}
+    assert "Seed media added" in client.get("/console/incidents?done=media").text
+    empty = [("media", ("", b"", "application/octet-stream"))]
+    assert client.post(url, data={"csrf": csrf}, files=empty).status_code == 400
+    html = [("media", ("x.html", b"<html></html>", "text/html"))]
+    r = client.post(url, data={"csrf": csrf}, files=html)
+    assert r.status_code == 400 and "not an image or a video" in r.text
+    assert client.post("/console/incidents/inc-2/media", data={"csrf": csrf}, files=files).status_code == 409
+    assert client.post("/console/incidents/inc-p/media", data={"csrf": csrf}, files=files).status_code == 409
+    assert client.post("/console/incidents/inc-404/media", data={"csrf": csrf}, files=files).status_code == 404
+    assert len(backend.written) == len(backend.audits) == 1
 
 
 def test_the_report_page_draws_its_charts(client: TestClient) -> None:

@@ -7,8 +7,9 @@ trust-and-safety reviewers, with a little vanilla JavaScript and nothing loaded 
   to each deadline; an item page with the decision's evidence, the reports and the media,
   blurred and grey until the reviewer reveals it; verdicts by button or key, produced by the
   CLI's own code (pipeline.policy.review.decide), or an escalation to urgent (pages.py).
-- Banks (search by hash, disable an entry), incidents (declare, close) and the transparency
-  report with inline SVG charts (ops.py).
+- Banks (search by hash, near PDQ hashes too, disable an entry), incidents (declare, accept a
+  proposed one, add seed media, close) and the transparency report with inline SVG charts
+  (ops.py).
 - Every write is audited: an AuditRecord on the `audit` topic and a JSON log line (audit.py).
 
 Settings (`ConsoleSettings.from_env`): MODSTREAM_CONSOLE_SECRET, at least 32 characters,
@@ -78,6 +79,8 @@ def routes() -> list[BaseRoute]:
         Route("/incidents", ops.incidents, methods=["GET"]),
         Route("/incidents/declare", ops.declare, methods=["POST"]),
         Route("/incidents/{incident_id}/close", ops.close, methods=["POST"]),
+        Route("/incidents/{incident_id}/accept", ops.accept, methods=["POST"]),
+        Route("/incidents/{incident_id}/media", ops.add_media, methods=["POST"]),
         Route("/report", ops.report, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="console-static"),
     ]

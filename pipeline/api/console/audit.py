@@ -3,9 +3,9 @@
 An `Auditor` writes one AuditRecord per write and waits for the broker to acknowledge it; it
 also logs the same facts as the JSON line of the `pipeline.api.audit` logger
 (pipeline.api.publish.audit), so a log shipper sees them too. The console audits each
-verdict, escalation, bank disable and incident declare or close once it has succeeded; the
-API's bank writes are audited by `audited_bank_writer`, which produces the record with the
-entries (the writer's name comes from the entries' `source`, `api:NAME`).
+verdict, escalation, bank disable and incident declare, accept, seed media or close once it
+has succeeded; the API's bank writes are audited by `audited_bank_writer`, which produces the
+record with the entries (the writer's name comes from the entries' `source`, `api:NAME`).
 """
 
 from __future__ import annotations

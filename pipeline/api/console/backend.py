@@ -27,7 +27,7 @@ from pipeline.config import TOPICS, Settings
 from pipeline.policy import crisis, review
 from pipeline.policy.deadlines import URGENT_PRIORITY
 from pipeline.policy.transparency import build_report
-from pipeline.records import Record, now_ms, subject_key
+from pipeline.records import HASH_FORMATS, Record, now_ms, record_key, signal, subject_key
 from pipeline.runtime.reader import TopicScan, read_all
 from pipeline.sdk import ModerationProducer
 from pipeline.serde import Codec, DecodeError
@@ -50,14 +50,29 @@ class Backend(Protocol):
     def media(self, ref: str) -> bytes | None: ...
     def decide(self, task_id: str, action: str, reviewer: str, category: str | None, note: str) -> Record: ...
     def escalate(self, task: Record, reviewer: str, note: str) -> Record: ...
-    def bank_entries(self, value: str) -> list[Record]: ...
+    def bank_entries(self, value: str) -> list[Record]:
+        """The entries holding `value`, and, when it has a PDQ hash's form, the PDQ entries
+        within their bank's threshold of it; each with its `distance` (0 for an exact match),
+        nearest first."""
+        ...
+
     def bank_counts(self) -> dict[str, int]: ...
     def disable(self, bank: str, signal_type: str, value: str) -> int: ...
     def incidents(self) -> list[Record]: ...
     def declare(
         self, title: str, category: str, severity: str, media: list[Path], hashes: list[tuple[str, str]], reason: str
     ) -> tuple[Record, int]: ...
+    def add_media(self, incident_id: str, media: list[Path]) -> int:
+        """Seed media for an active incident: the number of hashes banked and shared. KeyError:
+        no such incident; ValueError: it is not active; MediaError: a file is not media."""
+        ...
+
     def close_incident(self, incident_id: str) -> Record: ...
+    def accept(self, incident_id: str, reason: str) -> tuple[Record, int]:
+        """Declares a proposed incident (flood detection's). KeyError: no such incident;
+        ValueError: it is not proposed (accepted already, or closed)."""
+        ...
+
     def report(self) -> dict[str, Any]: ...
 
 
@@ -105,8 +120,19 @@ class KafkaBackend:
         return urgent
 
     def bank_entries(self, value: str) -> list[Record]:
+        """Near PDQ hashes as the match stage finds them (BankTable.match_batch: each bank's
+        threshold), the query being a PDQ hash of full quality."""
         value = value.strip().lower()
-        return sorted((e for e in self.banks.entries() if e["hash"] == value), key=lambda e: (e["bank"], e["hash"]))
+        near: dict[str, int] = {}
+        if HASH_FORMATS["pdq"].fullmatch(value):
+            [matches] = self.banks.match_batch([[signal("pdq", value, 100)]])
+            near = {record_key("banks", m): m["distance"] for m in matches}
+        found = []
+        for e in self.banks.entries():
+            distance = near.get(record_key("banks", e), 0 if e["hash"] == value else None)
+            if distance is not None:
+                found.append({**e, "distance": distance})
+        return sorted(found, key=lambda e: (e["distance"], e["bank"], e["signal_type"], e["hash"]))
 
     def bank_counts(self) -> dict[str, int]:
         return self.banks.stats()
@@ -122,8 +148,14 @@ class KafkaBackend:
     ) -> tuple[Record, int]:
         return crisis.declare(self.settings, title, category, severity, media, hashes, reason)
 
+    def add_media(self, incident_id: str, media: list[Path]) -> int:
+        return crisis.add_media(self.settings, incident_id, media)
+
     def close_incident(self, incident_id: str) -> Record:
         return crisis.close(self.settings, incident_id)
+
+    def accept(self, incident_id: str, reason: str) -> tuple[Record, int]:
+        return crisis.accept(self.settings, incident_id, reason)
 
     def report(self) -> dict[str, Any]:
         """What `modstream report` shows."""

@@ -1,7 +1,10 @@
 """What every console page shares: the `Console` (app.state.console) and the `signed_in`
 guard. A page gets the reviewer's session or sends the browser to the sign-in page; a form
 post is refused (403) without a valid session, with a CSRF token that is not the session's,
-or from another site's page."""
+or from another site's page. The session's token is looked up on every request: it must
+still be configured and hold `review`, and a page that writes banks or incidents also needs
+`banks:write` (the same scope the API's bank writes need): a reviewer's token alone can give
+verdicts, not disable bank entries or declare incidents."""
 
 from __future__ import annotations
 
@@ -37,7 +40,19 @@ def console_of(request: Request) -> Console:
 
 
 def session_of(request: Request) -> Session | None:
-    return console_of(request).sessions.read(request.cookies.get(COOKIE))
+    """The request's session, if its cookie is valid and its token is still configured with
+    the review scope."""
+    console = console_of(request)
+    session = console.sessions.read(request.cookies.get(COOKIE))
+    if session is None:
+        return None
+    principal = console.tokens.of_digest(session.token)
+    return session if principal is not None and "review" in principal.scopes else None
+
+
+def holds(request: Request, session: Session, scope: str) -> bool:
+    principal = console_of(request).tokens.of_digest(session.token)
+    return principal is not None and scope in principal.scopes
 
 
 def refused(reason: str, status: int = 403) -> Response:
@@ -46,7 +61,15 @@ def refused(reason: str, status: int = 403) -> Response:
 
 def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """A page for signed-in reviewers; on POST, the form is read and checked first."""
+    return _guarded(handler, None)
 
+
+def writes_banks(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A form post that writes banks or incidents: signed in, and the token holds banks:write."""
+    return _guarded(handler, "banks:write")
+
+
+def _guarded(handler: Handler, scope: str | None) -> Callable[[Request], Awaitable[Response]]:
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         session = session_of(request)
@@ -58,6 +81,8 @@ def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return refused("This form was sent from another site's page.")
         if session is None:
             return refused("Your session has ended or is not valid: sign in again.")
+        if scope is not None and not holds(request, session, scope):
+            return refused(f"{session.name} lacks the {scope} scope this action needs.")
         form = await read_form(request, max_files=MAX_FILES)
         if not csrf_ok(session, form.fields.get("csrf")):
             return refused("The form's CSRF token is not your session's: reload the page and try again.")

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from pipeline.api.auth import digest
 from pipeline.api.console.backend import Backend
 from pipeline.api.console.guard import Console, console_of, refused, session_of, signed_in
 from pipeline.api.console.html import HEADERS, Markup, join, page, render, tag, time_left, void, when
@@ -75,7 +76,7 @@ async def login(request: Request) -> Response:
     if "review" not in principal.scopes:
         logger.warning("console sign-in refused: %s lacks the review scope", principal.name)
         return again(f"{principal.name} lacks the review scope the console needs.", 403)
-    session, cookie = console.sessions.issue(principal.name)
+    session, cookie = console.sessions.issue(principal.name, digest(token))
     logger.info("console sign-in: %s", principal.name)
     response = RedirectResponse("/console/queue", 303)
     response.set_cookie(

@@ -1,15 +1,17 @@
 """Reviewer sessions of the console: a signed cookie, and the checks every form post passes.
 
 A reviewer signs in with an API token that holds the `review` scope; the console then keeps
-only a cookie, `NAME|CSRF|EXPIRES` signed with HMAC-SHA256 under MODSTREAM_CONSOLE_SECRET:
-the reviewer's name (as audit records show it, never the token), a random CSRF token and the
-end of the session. The cookie is HttpOnly (no script reads it), SameSite=Strict (no other
+only a cookie, `NAME|TOKEN DIGEST|CSRF|EXPIRES` signed with HMAC-SHA256 under
+MODSTREAM_CONSOLE_SECRET: the reviewer's name (as audit records show it), the SHA-256 of the
+token (never the token; the guard looks its scopes up on every request, so a token removed
+from the configuration, or stripped of a scope, loses its sessions' rights at once), a
+random CSRF token and the end of the session. The cookie is HttpOnly (no script reads it), SameSite=Strict (no other
 site's page sends it), limited to /console, and Secure when the console is reached by HTTPS.
 
 A form post is accepted only with a valid session, the session's CSRF token in its `csrf`
 field, and no Origin (or Sec-Fetch-Site) saying it came from another site; the sign-in form,
-which has no session yet, gets the Origin check. Sessions cannot be revoked one by one before
-they expire: rotating the secret ends them all.
+which has no session yet, gets the Origin check. To end one reviewer's sessions, remove or
+change their token; rotating the secret ends them all.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ PATH = "/console"
 @dataclass(frozen=True)
 class Session:
     name: str  # the reviewer, as audit records name them
+    token: str  # the SHA-256 of the token signed in with, to look its scopes up
     csrf: str
     expires: int  # seconds since the epoch
 
@@ -56,10 +59,11 @@ class Sessions:
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
 
-    def issue(self, name: str, now: float | None = None) -> tuple[Session, str]:
-        """A new session for `name` and its cookie value."""
-        session = Session(name, secrets.token_urlsafe(24), int((now or time.time()) + self.ttl_s))
-        payload = _b64(json.dumps([session.name, session.csrf, session.expires]).encode())
+    def issue(self, name: str, token: str, now: float | None = None) -> tuple[Session, str]:
+        """A new session for `name`, signed in with the token whose SHA-256 is `token`, and its
+        cookie value."""
+        session = Session(name, token, secrets.token_urlsafe(24), int((now or time.time()) + self.ttl_s))
+        payload = _b64(json.dumps([session.name, session.token, session.csrf, session.expires]).encode())
         return session, f"{payload}.{self._sign(payload)}"
 
     def read(self, cookie: str | None, now: float | None = None) -> Session | None:
@@ -68,12 +72,12 @@ class Sessions:
         if not payload or not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
             return None
         try:
-            name, csrf, expires = json.loads(_unb64(payload))
+            name, token, csrf, expires = json.loads(_unb64(payload))
         except ValueError:
             return None
         if expires <= (now or time.time()):
             return None
-        return Session(str(name), str(csrf), int(expires))
+        return Session(str(name), str(token), str(csrf), int(expires))
 
 
 def cross_site(request: Request) -> bool:
