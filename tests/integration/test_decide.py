@@ -119,8 +119,11 @@ def test_verdict_becomes_a_decision_and_an_enforcement_result(settings: Settings
     producer = ModerationProducer(settings)
     pipeline = [app.build(n) for n in STAGES]
     with running(settings, pipeline, [app.build("enforce-log")], [app.build("enforce-account")]):
-        producer.send_upload("c-v", "owner-v", media=encode(photo(77)), text="a photo")
+        upload = producer.send_upload("c-v", "owner-v", media=encode(photo(77)), text="a photo")
         producer.flush()
+        # Reports come after the post is up: uploads and reports are different topics, so a report
+        # sent at once could be read first, before enrich has stored who owns the item.
+        decisions_for(settings, [upload])
         reports = [producer.send_report("c-v", f"r{i}", "terrorism") for i in range(3)]
         producer.flush()
         decisions_for(settings, reports)
