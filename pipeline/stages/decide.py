@@ -251,9 +251,12 @@ class DecideStage:
         content_id = env.get("content_id")
         given: list[Record] = []
         if self.reports is not None and content_id:
-            [stored] = self.reports.recall_content([content_id])
-            record["signals"] = (stored or {}).get("signals", [])
-            given = (stored or {}).get("given", [])
+            stored = self.reports.recall_content([content_id])[0] or {}
+            record["signals"] = stored.get("signals", [])
+            given = stored.get("given", [])
+            if not env.get("user_id") and stored.get("user_id"):
+                # reports read before their upload carry no owner; by the verdict it is known
+                record["envelope"] = {**env, "user_id": stored["user_id"]}
         d = decision(
             record,
             self.policy,

@@ -198,6 +198,32 @@ def platform() -> Iterator[str]:
     httpd.server_close()
 
 
+def test_a_verdict_strikes_the_owner_though_the_reports_came_before_the_upload(settings: Settings) -> None:
+    app = app_for(settings)
+    producer = ModerationProducer(settings)
+    with running(settings, [app.build(n) for n in STAGES], [app.build("enforce-account")]):
+        # Uploads and reports are different topics: reports can be read before their upload.
+        reports = [producer.send_report("c-early", f"early-{i}", "terrorism") for i in range(3)]
+        producer.flush()
+        decisions_for(settings, reports)
+        [task] = reviews_for(settings, "c-early", 0)
+        assert task["envelope"]["user_id"] is None  # nobody knew whose post it was
+        upload = producer.send_upload("c-early", "owner-e", media=encode(photo(78)), text="a photo")
+        producer.flush()
+        decisions_for(settings, [upload])
+        assert cli(settings, "review", "decide", task["task_id"], "remove", "--reviewer", "ana").returncode == 0
+        final = collect(settings, "decisions", lambda ds: any(x["rule_id"] == "human-review" for x in ds))
+        [verdict] = [x for x in final if x["rule_id"] == "human-review"]
+        results = collect(
+            settings,
+            "enforcement.results",
+            lambda rs: any(r["decision_id"] == verdict["decision_id"] for r in rs),
+        )
+    assert verdict["envelope"]["user_id"] == "owner-e"
+    [account] = [r for r in results if r["decision_id"] == verdict["decision_id"]]
+    assert account["status"] == "succeeded" and "1 strike" in account["detail"]
+
+
 def test_webhook_delivers_one_effective_action_per_decision_across_a_crash(settings: Settings, platform: str) -> None:
     producer = ModerationProducer(settings)
     app = app_for(settings)
