@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from confluent_kafka import Consumer, TopicPartition
 
+from pipeline.app import App
 from pipeline.banks.table import BankTable
 from pipeline.config import Settings
 from pipeline.records import Record, Stage, signal
@@ -96,3 +97,17 @@ def committed_through(settings: Settings, group: str, topic: str, ends: dict[int
     finally:
         consumer.close()
     return all(end == 0 or committed.get(p, -1) >= end for p, end in ends.items())
+
+
+@contextmanager
+def services(settings: Settings, *names: str) -> Iterator[App]:
+    """Runs the named stages in threads, each runner in its own consumer group, as `modstream
+    run` would (the account enforcer in group enforcer.account)."""
+    app = App(settings)
+    try:
+        with ExitStack() as stack:
+            for runner in app.runners(list(names)):
+                stack.enter_context(running(settings, runner.stages, codec=app.codec, group=runner.group))
+            yield app
+    finally:
+        app.close()

@@ -13,12 +13,11 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
 
-from pipeline.app import App, connect_redis
+from pipeline.app import connect_redis
 from pipeline.config import Settings
 from pipeline.policy.crisis import accept
 from pipeline.records import Incoming, Record, envelope, signal, stable_id
@@ -29,7 +28,7 @@ from pipeline.stages.flood import FloodStage
 from pipeline.state.floods import PREFIX, Copy, Limits, RedisFloodStore
 from tests.media import encode, photo
 
-from .helpers import collect, committed_through, end_offsets, running, wait_for
+from .helpers import collect, committed_through, end_offsets, services, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -128,19 +127,6 @@ def test_two_processes_sharing_redis_declare_one_flood(settings: Settings, redis
 
 
 # ---- through the broker ---------------------------------------------------------------------------
-@contextmanager
-def services(settings: Settings, *names: str) -> Iterator[App]:
-    """Runs the named stages in threads, each runner in its consumer group, as `modstream run` would."""
-    app = App(settings)
-    try:
-        with ExitStack() as stack:
-            for runner in app.runners(list(names)):
-                stack.enter_context(running(settings, runner.stages, codec=app.codec, group=runner.group))
-            yield app
-    finally:
-        app.close()
-
-
 def committed_all(settings: Settings, group: str, topic: str, records: int) -> Callable[[], bool]:
     """True once `topic` holds `records` records and `group` has committed all of them."""
 

@@ -16,7 +16,6 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from pipeline.state.streams import PREFIX as STREAM_PREFIX
 from tests.media import encode, frames_of, photo, reencode_video, video
 
 from ..conftest import settings_env
-from .helpers import committed_through, end_offsets, running, wait_for
+from .helpers import committed_through, end_offsets, running, services, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -135,20 +134,6 @@ def redis(settings: Settings) -> Iterator[Any]:
         left = list(client.scan_iter(prefix + settings.topic_prefix + "*", count=50_000))
         if left:
             client.delete(*left)
-
-
-@contextmanager
-def services(settings: Settings, *names: str) -> Iterator[App]:
-    """Runs the named stages in threads, each in its own runner and consumer group as
-    `modstream run` would (the account enforcer in group enforcer.account)."""
-    app = App(settings)
-    try:
-        with ExitStack() as stack:
-            for runner in app.runners(list(names)):
-                stack.enter_context(running(settings, runner.stages, codec=app.codec, group=runner.group))
-            yield app
-    finally:
-        app.close()
 
 
 def account_update(settings: Settings, redis: Any, producer: ModerationProducer, user: str, kind: str) -> None:
