@@ -23,6 +23,7 @@ from pipeline.exchange.signing import load_private, sign
 from pipeline.models.registry import DEFAULT_REGISTRY, OnnxModel, Threshold, load_models, load_registry
 from pipeline.policy.engine import DEFAULT_POLICY, Policy, load_policy
 from pipeline.policy.incidents import IncidentTable
+from pipeline.policy.review import ReviewQueue
 from pipeline.records import Record, Stage
 from pipeline.runtime.follower import BankFollower, TopicFollower
 from pipeline.runtime.runner import Runner
@@ -78,7 +79,8 @@ class App:
     _incident_follower: TopicFollower | None = None
     _partners: PartnerTable | None = None
     _partner_follower: TopicFollower | None = None
-    _retro_followers: list[TopicFollower] = field(default_factory=list)
+    _event_followers: list[TopicFollower] = field(default_factory=list)
+    _review_queue: ReviewQueue | None = None
 
     def __post_init__(self) -> None:
         self.codec = Codec(registry_url=self.settings.schema_registry_url)
@@ -146,6 +148,17 @@ class App:
             self._incident_follower.start()
             self._incident_follower.wait_caught_up()
         return self._incidents
+
+    def review_queue(self) -> ReviewQueue:
+        """The open review tasks, followed live from `mod.review` and `mod.review.verdicts`."""
+        if self._review_queue is None:
+            self._review_queue = ReviewQueue()
+            for topic in ("review", "review.verdicts"):
+                follower = TopicFollower(self.settings, self.codec, self._review_queue.feed(topic), topic)
+                follower.start()
+                self._event_followers.append(follower)
+                follower.wait_caught_up()
+        return self._review_queue
 
     def partners(self) -> PartnerTable:
         if self._partners is None:
@@ -283,7 +296,7 @@ class App:
         store = RecentStore(s.retro_days * DAY_MS, s.pdq_min_quality, s.retro_dihedral, s.retro_shard)
         follower = TopicFollower(s, self.codec, store.feed("decisions"), "decisions")
         follower.start()
-        self._retro_followers.append(follower)
+        self._event_followers.append(follower)
 
         def ready() -> bool:
             if not follower.is_alive():
@@ -331,7 +344,7 @@ class App:
         return runners
 
     def close(self) -> None:
-        for follower in (self._follower, self._incident_follower, self._partner_follower, *self._retro_followers):
+        for follower in (self._follower, self._incident_follower, self._partner_follower, *self._event_followers):
             if follower is not None:
                 follower.stop()
 

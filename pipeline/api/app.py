@@ -145,7 +145,7 @@ def from_app(app: Any, api: ApiSettings, console_settings: console.ConsoleSettin
     if console_settings is not None:
         media = app.media_store() if s.redis_url or s.media_store != "redis" else None
         reports = RedisReportStore(app.redis) if s.redis_url else None
-        backend = KafkaBackend(s, services.banks, auditor, reports, media, app.codec)
+        backend = KafkaBackend(s, services.banks, auditor, reports, media, app.codec, app.review_queue())
         services.console = console.build(backend, api.tokens, console_settings)
     return services
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -34,6 +35,18 @@ FLUSH_ON_STOP_S = 10.0
 
 class Table(Protocol):
     def apply(self, key: str, value: Record | None) -> None: ...
+
+
+class Feed:
+    """A Table that hands each record's value (not its key, tombstones skipped) to `apply`:
+    for followers of topics whose records are events, not latest-wins entries."""
+
+    def __init__(self, apply: Callable[[Record], Any]) -> None:
+        self._apply = apply
+
+    def apply(self, key: str, value: Record | None) -> None:
+        if value is not None:
+            self._apply(value)
 
 
 class TopicFollower(threading.Thread):

@@ -40,13 +40,13 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numba
 import numpy as np
 
 from pipeline.banks.pdq_index import _popcount
 from pipeline.records import Record, now_ms
+from pipeline.runtime.follower import Feed
 from pipeline.state.reports import DAY_MS
 
 UPHELD = frozenset({"remove", "restrict", "end_stream"})  # pipeline.policy.engine.UPHELD (policy imports state)
@@ -86,17 +86,6 @@ class _Known:
     upheld: bool = False
     owner: str | None = None  # the bank entry (its key) whose retroactive decision the item has
     matches: list[Record] = field(default_factory=list)  # of a decision that did not act on it
-
-
-class _Feed:
-    """A follower's table (pipeline.runtime.follower.Table): one topic into the store."""
-
-    def __init__(self, apply: Callable[[Record], Any]) -> None:
-        self._apply = apply
-
-    def apply(self, key: str, value: Record | None) -> None:
-        if value is not None:
-            self._apply(value)
 
 
 class RecentStore:
@@ -148,11 +137,11 @@ class RecentStore:
         self._seen_pruned = 0
 
     # ---- feeds -----------------------------------------------------------------
-    def feed(self, topic: str) -> _Feed:
+    def feed(self, topic: str) -> Feed:
         """The table a follower of `decisions` applies records to."""
         if topic != "decisions":
             raise ValueError(f"the recent store follows decisions, not {topic!r}")
-        return _Feed(self.apply_decision)
+        return Feed(self.apply_decision)
 
     def apply_decision(self, d: Record) -> None:
         """Notes a Decision, and keeps its upload's signals unless it acted on the upload."""

@@ -149,7 +149,9 @@ def test_a_reviewer_removes_the_most_urgent_item_with_a_key(
     assert console.outside == []  # nothing loaded from anywhere else
 
 
-def test_sign_in_is_refused_without_the_review_scope(console: Console, page: Page, shot: Shot) -> None:
+def test_sign_in_is_refused_without_the_review_scope(
+    settings: Settings, console: Console, page: Page, shot: Shot
+) -> None:
     sign_in(page, CHECK_TOKEN)
     expect(page.locator(".message.error")).to_have_text("carl lacks the review scope the console needs.")
     shot("refused")
@@ -167,6 +169,8 @@ def test_sign_in_is_refused_without_the_review_scope(console: Console, page: Pag
     expect(page).to_have_url(re.compile(r"/console/login$"))
     assert page.context.cookies() == []
     assert console.outside == []
+    for action, who in (("console.sign_in_refused", "carl"), ("console.sign_in", "rita"), ("console.sign_out", "rita")):
+        assert {r["via"] for r in audited(settings, action, who)} == {"console"}, action
 
 
 def test_writes_need_the_session_and_its_csrf_token(settings: Settings, console: Console, page: Page) -> None:

@@ -74,7 +74,8 @@ class FakeBackend:
         now = now_ms()
         self.tasks = [task("t-urgent", "c-1", 100, now + 3_600_000), task("t-late", "c-2", 8, now - 60_000, HOSTILE)]
         self.written: list[tuple[Any, ...]] = []
-        self.audits: list[Record] = []
+        self.audits: list[Record] = []  # writes
+        self.signins: list[Record] = []  # console.sign_in, sign_out and sign_in_refused
         self.stored_media = {DIGEST: JPEG, "cd" * 32: b"<html><script>alert(1)</script></html>"}
         # The bank search is the real backend's, over a bank table; bank "strict" matches PDQ within 8.
         self.table = BankTable(MatchConfig(bank_thresholds={"strict": 8}))
@@ -83,7 +84,7 @@ class FakeBackend:
 
     def audit(self, who: str, action: str, via: str, subject: str | None = None, **details: Any) -> Record:
         record = audit_record("local", who, action, via, subject, **details)
-        self.audits.append(record)
+        (self.signins if action.startswith("console.") else self.audits).append(record)
         return record
 
     def open_tasks(self) -> list[Record]:
@@ -260,6 +261,21 @@ def test_sign_in_needs_a_token_with_the_review_scope(client: TestClient) -> None
     assert REVIEW_TOKEN not in cookie
     assert "rita" in client.get("/console/queue").text
     assert not [p for p in client.get("/openapi.json").json()["paths"] if p.startswith("/console")]
+
+
+def test_sign_ins_sign_outs_and_refusals_are_audited(client: TestClient, backend: FakeBackend) -> None:
+    assert client.post("/console/login", data={"token": "not-a-token"}).status_code == 401
+    assert client.post("/console/login", data={"token": CHECK_TOKEN}).status_code == 403
+    csrf = sign_in(client)
+    assert client.post("/console/logout", data={"csrf": csrf}).status_code == 303
+    seen = [(a["action"], a["via"]) for a in backend.signins]
+    assert seen == [
+        ("console.sign_in_refused", "console"),  # a known token without the review scope
+        ("console.sign_in", "console"),
+        ("console.sign_out", "console"),
+    ]  # an unknown token names nobody: logged only
+    assert [a["who"] for a in backend.signins[1:]] == ["rita", "rita"]
+    assert backend.audits == []
 
 
 def test_a_reviewers_token_alone_gives_verdicts_but_writes_no_bank_or_incident(

@@ -84,9 +84,10 @@ class KafkaBackend:
     reports_store: RedisReportStore | None = None
     media_store: MediaStore | None = None
     codec: Codec | None = None
+    queue: review.ReviewQueue | None = None  # followed live by the serve process; else read per call
 
     def open_tasks(self) -> list[Record]:
-        return review.open_tasks(self.settings)
+        return self.queue.open_tasks() if self.queue is not None else review.open_tasks(self.settings)
 
     def decision(self, decision_id: str, since_ms: int) -> Record | None:
         def wanted(d: Record) -> bool:
@@ -108,7 +109,7 @@ class KafkaBackend:
         return self.media_store.get(ref) if self.media_store is not None else None
 
     def decide(self, task_id: str, action: str, reviewer: str, category: str | None, note: str) -> Record:
-        return review.decide(self.settings, task_id, action, reviewer, category, note)
+        return review.decide(self.settings, task_id, action, reviewer, category, note, self.queue)
 
     def escalate(self, task: Record, reviewer: str, note: str) -> Record:
         """The task again, urgent: readers of `mod.review` keep the latest record of a task id,
@@ -117,6 +118,8 @@ class KafkaBackend:
         urgent = {**task, "priority": max(URGENT_PRIORITY, task["priority"]), "reason": f"{why} ({task['reason']})"}
         with ModerationProducer(self.settings, self.codec) as producer:
             producer.send("review", urgent, key=subject_key(task["envelope"]))
+        if self.queue is not None:
+            self.queue.add_task(urgent)
         return urgent
 
     def bank_entries(self, value: str) -> list[Record]:

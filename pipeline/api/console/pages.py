@@ -74,10 +74,10 @@ async def login(request: Request) -> Response:
     except ApiError:
         return again("Unknown token.", 401)
     if "review" not in principal.scopes:
-        logger.warning("console sign-in refused: %s lacks the review scope", principal.name)
+        await run_in_threadpool(console.backend.audit, principal.name, "console.sign_in_refused", "console")
         return again(f"{principal.name} lacks the review scope the console needs.", 403)
     session, cookie = console.sessions.issue(principal.name, digest(token))
-    logger.info("console sign-in: %s", principal.name)
+    await run_in_threadpool(console.backend.audit, principal.name, "console.sign_in", "console")
     response = RedirectResponse("/console/queue", 303)
     response.set_cookie(
         COOKIE,
@@ -93,7 +93,7 @@ async def login(request: Request) -> Response:
 
 @signed_in
 async def logout(request: Request, console: Console, session: Session, form: Form) -> Response:
-    logger.info("console sign-out: %s", session.name)
+    await run_in_threadpool(console.backend.audit, session.name, "console.sign_out", "console")
     response = RedirectResponse("/console/login", 303)
     response.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="strict")
     return response
