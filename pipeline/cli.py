@@ -536,9 +536,10 @@ def models() -> None:
 )
 @click.option("--threads", type=int, default=0, help="onnxruntime threads for embedding the corpus (0: all cores).")
 def models_build(encoder: str, threads: int) -> None:
-    """Train the default text model's head on the corpus, calibrate its thresholds on the
-    validation split, check them on the held-out set, and write the head, the registry entry
-    and the model card. Prints per-language precision and recall at each threshold."""
+    """Train the default text model's head on the corpus and the dev sets, calibrate its
+    thresholds on their out-of-fold scores, evaluate them on the held-out set, and write the
+    head, the registry entry and the model card. Prints per-language precision and recall at
+    each threshold."""
     from pipeline.models.build import CARD_PATH, HEAD_PATH, REGISTRY_PATH, build, format_report
     from pipeline.models.encoder import EncoderError
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-GRAPH_VERSION = "1"  # bump when a module changes what its tokenizer_json() or encoder_model() build
+GRAPH_VERSION = "2"  # bump when a module changes what its tokenizer_json() or encoder_model() build
 OPSET = 18
 
 

