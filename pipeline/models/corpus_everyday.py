@@ -498,3 +498,87 @@ MORE2_FR[("graphic_violence", "gore")] += [
     "Je collectionne les vidéos de décapitation, j'en ai une nouvelle trop propre.",
     "Plan serré sur la blessure par balle, on voit l'os. Incroyable.",
 ]
+
+# Fourth batch, written after held-out set C's one evaluation (C is now dev 4): its French
+# everyday posts that reached review were plans to meet at a place and a time, a crowded queue
+# somewhere, a terse "no" and a texting condolence. The head had seen such places, times and
+# crowds mostly in calls to attack them. These are new posts in those registers, in both
+# languages, not C's texts reworded; written before held-out set D was read by anyone here.
+EVERYDAY_FR += [
+    "On se retrouve devant la gare à 18h pour aller au concert ?",
+    "Soirée raclette chez Inès samedi, chacun ramène un truc",
+    "Rdv au parc à 15h, on amène le frisbee et les gosses",
+    "Qui vient au bowling vendredi soir ? On réserve deux pistes",
+    "Ce soir c'est la finale, apéro chez moi à partir de 20h 🍻",
+    "Marché de Noël demain, on y va tous ensemble après le boulot ?",
+    "Y a un monde fou à la boulangerie ce matin, trente minutes pour une baguette",
+    "Le supermarché un samedi à 11h, plus jamais de ma vie",
+    "Trois heures d'attente aux urgences pour une entorse, le personnel est à bout",
+    "Embouteillage monstre sur le périph, je serai en retard à la réunion",
+    "Le métro bondé à 8h, on est serrés comme des sardines",
+    "Guichet unique à la mairie et cinquante personnes devant moi. Courage à moi-même",
+    "La file pour le nouveau resto fait tout le tour du pâté de maisons",
+    "Préfecture : arrivée à 7h, toujours pas passée à midi",
+    "Non.",
+    "Non merci 🙃",
+    "Bof.",
+    "Mouais, pas convaincu",
+    "Jamais de la vie mdr",
+    "Euh... non ?",
+    "Sérieux ? 😑",
+    "Pas ouf.",
+    "Mdrrr non",
+    "Oui oui bien sûr 🙄",
+    "courage ma belle, on est tous avec toi, appelle si besoin",
+    "bon rétablissement à ta mère, je pense fort à vous",
+    "tkt frérot on est là pour toi",
+    "Je passe te voir dimanche si t'es dispo, j'apporte un gâteau",
+    "Le club de lecture se réunit jeudi à la médiathèque, venez nombreux",
+    "Vide-grenier rue des Lilas dimanche dès 7h, on tient un stand",
+    "Qui est chaud pour un foot à cinq mercredi au city stade ?",
+    "Match de l'OL ce soir, on se le regarde au bar du coin ?",
+    "Répétition de la chorale décalée à 19h30, salle des fêtes",
+    "Grosse affluence à la piscine municipale aujourd'hui, impossible de nager",
+    "Fête des voisins vendredi dans la cour, ramenez des chaises",
+    "Le festival commence demain, rendez-vous à l'entrée nord à 14h",
+    "Départ de la rando à 9h place de l'église, prévoyez de l'eau",
+    "Il y avait au moins deux cents personnes à la fête du village hier",
+    "Le stade était plein à craquer, quelle ambiance hier soir !",
+    "Réunion de parents d'élèves mardi 18h, qui y va ?",
+]
+EVERYDAY_EN += [
+    "Meet you outside the station at 6, then we'll grab food before the gig?",
+    "BBQ at mine Saturday from 2, bring whatever you like to throw on the grill",
+    "Picnic in the park at 3, we've got the blankets and the cake",
+    "Who's up for bowling Friday night? I'll book two lanes",
+    "Final's on tonight, drinks at my place from 8 🍻",
+    "The queue at the bakery this morning was out the door, 30 mins for a loaf",
+    "Supermarket on a Saturday at 11am. Never again.",
+    "Four hours in A&E for a sprained wrist, the staff are run off their feet",
+    "Huge jam on the ring road, I'll be late for the meeting",
+    "Packed like sardines on the 8am train again",
+    "One counter open at the post office and forty people in line. Send help",
+    "No.",
+    "Nah, pass 🙃",
+    "Meh.",
+    "Not a chance lol",
+    "Um... no?",
+    "hang in there hun, we're all here for you, call anytime",
+    "Book club meets Thursday at the library, everyone welcome",
+    "Car boot sale on Elm Street Sunday from 7, we've got a table",
+    "Five-a-side Wednesday at the cage, who's in?",
+    "Choir rehearsal moved to 7:30 in the village hall",
+    "Must have been two hundred people at the village fete yesterday",
+    "The stadium was rammed last night, what an atmosphere!",
+    "Parents' evening Tuesday at 6, anyone going?",
+]
+MORE2_FR.setdefault(("benign", "counter_speech"), [])
+MORE2_FR[("benign", "counter_speech")] += [
+    "Non, les gens du voyage ne sont pas « tous des voleurs ». Ce cliché a fait assez de dégâts.",
+    "Répéter que « les migrants sont des parasites », c'est exactement le discours qui a précédé les pires horreurs.",
+]
+MORE2_FR.setdefault(("benign", "quote_condemnation"), [])
+MORE2_FR[("benign", "quote_condemnation")] += [
+    "Vu sous une vidéo : « faut tous les cramer ». Signalé. Ne laissez pas passer ça.",
+    "Un compte écrit « mort aux infidèles » depuis des jours et personne ne réagit ? Je l'ai signalé à la plateforme.",
+]
