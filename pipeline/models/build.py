@@ -11,13 +11,14 @@ Sets, and what each is for:
 - the corpus: training, but for a fifth of its frames (all texts of a frame on the same side),
   the validation split;
 - dev (`data/text_dev.csv`), dev 2 (`data/text_dev2.csv`, the first held-out set), dev 3
-  (`data/text_dev3.csv`, held-out set B) and dev 4 (`data/text_dev4.csv`, held-out set C),
-  each burned by its one evaluation as a held-out set: written apart from the corpus by other
-  hands, and now used to train and to tune;
-- held out (`data/text_heldout.csv`, held-out set D): written apart from the corpus and the
+  (`data/text_dev3.csv`, held-out set B), dev 4 (`data/text_dev4.csv`, held-out set C) and
+  dev 5 (`data/text_dev5.csv`, held-out set D), each burned by its one evaluation as a
+  held-out set: written apart from the corpus by other hands, and now used to train and tune;
+- held out (`data/text_heldout.csv`, held-out set E): written apart from the corpus and the
   dev sets and frozen (`HELDOUT_SHA256`) before this version was built; never used to train,
-  to write the corpus or to choose a threshold or setting. The build refuses it if any of its texts is a near-duplicate of a corpus or dev
-  text (models/overlap.py), and refuses the shipped file if its hash is not the frozen one.
+  to write the corpus or to choose a threshold or setting. The build refuses it if any of its
+  texts is a near-duplicate of a corpus or dev text (models/overlap.py), and refuses the
+  shipped file if its hash is not the frozen one.
 
 Training and tuning without a set that is both: the validation split and the dev sets (the
 tuning pool) are cut into `FOLDS` folds by a hash of each text; for each fold a head trained on
@@ -28,8 +29,10 @@ people teach the head far more than the corpus alone (ADR 0002).
 
 Review thresholds (`choose_review`): the combination of per-label thresholds (0.01 steps, from
 `REVIEW_MIN`) that sends the most violating texts of the tuning sets to review (the weaker
-language first), under the constraint that in each tuning set and each language at most
-`TARGET_ROUTINE` of the everyday posts and news reach review; ties go to the higher thresholds.
+language first), under the constraints that in each tuning set and each language at most
+`TARGET_ROUTINE` of the everyday posts and news reach review, and of all tuning sets together
+at most `TUNING_ROUTINE` (half as many: a margin for new writers); ties go to the higher
+thresholds.
 `remove` per label at the lowest score above which no validation text of another label scores
 (and not under `REMOVE_FLOOR`), kept only where, on every evaluation set (the dev sets and
 held out alike), its precision is at least `REMOVE_PRECISION` over at least
@@ -78,10 +81,14 @@ ROUTINE = ("everyday", "news")  # the kinds of benign text that must almost neve
 HARMFUL = tuple(lab for lab in LABELS if lab != "benign")
 TUNING = ("validation", *DEVS)  # the tuning pool: scored out of fold, they choose the thresholds
 EVALS = (*DEVS, "held-out")
-# Held-out set D as frozen on 2026-11-23, before this version was built.
-HELDOUT_SHA256 = "7dbe6892ac8bbf246c228145cc92ef5c08ebd933ddc8c79861b24e64087c1f9e"
+# Held-out set E as frozen on 2026-11-23, before this version was built.
+HELDOUT_SHA256 = "3d080a1a912481549a5de87efb2a1409d8c2e2eac73e71104619d942011ce203"
 TARGET_RECALL = 0.85  # held out, per language: violating texts sent to review (or removed)
 TARGET_ROUTINE = 0.02  # held out, per language: everyday posts and news sent to review
+# All tuning sets together, per language: half the target, a margin for new writers and
+# registers. Held-out sets C and D showed about twice their tuning sets' rate (French 4.0%
+# where every tuning set was held at 2%).
+TUNING_ROUTINE = 0.01
 
 
 # The figures of a run of bench/classify.py, pasted by hand (the build does not time anything).
@@ -238,13 +245,18 @@ def _figures(split: Split, label: int, t: float, name: str, where: str, out: dic
 def choose_review(tuning: list[Split]) -> dict[str, float] | None:
     """Review thresholds per label: among all combinations (0.01 steps from REVIEW_MIN) that send
     at most TARGET_ROUTINE of each tuning set's everyday posts and news to review, in each
-    language, the one that sends the most violating texts of the tuning sets to review (the
-    lower of the two languages' recall first, then their sum; ties to higher thresholds).
-    None if no combination keeps the routine texts under the target."""
+    language, and at most TUNING_ROUTINE of all the tuning sets' together, per language, the
+    one that sends the most violating texts of the tuning sets to review (the lower of the two
+    languages' recall first, then their sum; ties to higher thresholds). None if no
+    combination keeps the routine texts under the targets."""
     grid = np.round(np.arange(REVIEW_MIN, 1.0, 0.01), 2)
     idx = [LABELS.index(n) for n in HARMFUL]
-    routine = [s.scores[(s.langs == lang) & np.isin(s.kinds, ROUTINE)][:, idx] for s in tuning for lang in LANGS]
-    routine = [r for r in routine if len(r)]
+    routine: list[tuple[np.ndarray, float]] = []  # (scores of routine texts, the share allowed at review)
+    for lang in LANGS:
+        parts = [s.scores[(s.langs == lang) & np.isin(s.kinds, ROUTINE)][:, idx] for s in tuning]
+        routine += [(r, TARGET_ROUTINE) for r in parts if len(r)]
+        if len(tuning) > 1 and any(len(r) for r in parts):
+            routine.append((np.concatenate(parts), TUNING_ROUTINE))
     violating = []
     for lang in LANGS:
         rows = [s.scores[(s.langs == lang) & (s.labels != 0)][:, idx] for s in tuning]
@@ -252,11 +264,11 @@ def choose_review(tuning: list[Split]) -> dict[str, float] | None:
     best: tuple[tuple[float, float, float], tuple[float, ...]] | None = None
     for a in grid:
         for b in grid:
-            # the lowest third threshold that keeps every set and language within the target
+            # the lowest third threshold that keeps every set and language within its target
             c_low, feasible = float(grid[0]), True
-            for r in routine:
+            for r, share in routine:
                 base = (r[:, 0] >= a) | (r[:, 1] >= b)
-                allowed = int(np.floor(TARGET_ROUTINE * len(r) + 1e-9)) - int(base.sum())
+                allowed = int(np.floor(share * len(r) + 1e-9)) - int(base.sum())
                 if allowed < 0:
                     feasible = False
                     break
@@ -432,7 +444,8 @@ def build(
     review_at = choose_review(list(tuning.values()))
     rule = (
         f"the most violating texts of {', '.join(TUNING)} (scored out of fold) sent to review with at most "
-        f"{TARGET_ROUTINE:.0%} of each set's everyday posts and news, per language"
+        f"{TARGET_ROUTINE:.0%} of each set's everyday posts and news, and {TUNING_ROUTINE:.0%} of all sets' "
+        "together, per language"
         if review_at is not None
         else f"no thresholds keep the tuning sets' routine texts under {TARGET_ROUTINE:.0%}: "
         f"review at {REVIEW_RECALL:.0%} of each label's validation texts"
@@ -582,7 +595,7 @@ of the box, in English and French (and, untested, the other languages of its enc
   of the last four layers, each L2-normalised, side by side (1,536 values; the last 384 are
   E5's own sentence embedding).
 - Head: a neural network with one hidden layer of {HIDDEN} (scikit-learn, L2 penalty
-  {ALPHA}), trained by the project on the encoder's vectors of the corpus and the three dev
+  {ALPHA}), trained by the project on the encoder's vectors of the corpus and the {len(DEVS)} dev
   sets, exported as ONNX and joined to the encoder: one model, token ids and attention mask
   in, `probabilities` over {", ".join(LABELS)} out.
 - Review thresholds ({thresholds}): {report.review_rule}
@@ -591,7 +604,10 @@ of the box, in English and French (and, untested, the other languages of its enc
   label's review threshold can be low (a text reaches review when any label reaches its
   threshold). Out of fold: the validation split and the dev sets are cut into {FOLDS} folds
   and each fold is scored by a head trained on everything else, so no threshold is chosen on
-  a score of a text the head was trained on.
+  a score of a text the head was trained on. Every tuning set and language keeps its everyday
+  posts and news at review under {TARGET_ROUTINE:.0%}, and all of them together, per language,
+  under {TUNING_ROUTINE:.0%}: a margin, since the held-out sets C and D, new writers, showed
+  twice the rate the tuning sets had been held to.
 - Remove thresholds: only where, on the dev sets and the held-out set alike, precision at
   the remove threshold is at least {REMOVE_PRECISION:.2f} over at least {REMOVE_MIN_SUPPORT} texts
   and no benign text is removed; otherwise the label only ever goes to review.
@@ -616,14 +632,18 @@ of the box, in English and French (and, untested, the other languages of its enc
   1.3% and 4.0%) and dev 4 (`text_dev4.csv`, {report.rows["dev 4"]} texts: held-out set C, where
   the third round's version, this pooling and head trained on the corpus and dev to dev 3,
   reached English recall 0.97, French 0.95, routine posts to review 1.3% and 4.0%; its errors
-  were read text by text to write the corpus's fourth batch). Their figures below are out of
-  fold, not held out.
-- Held out (D): `pipeline/models/data/text_heldout.csv`, {report.rows["held-out"]} texts
+  were read text by text to write the corpus's fourth batch) and dev 5 (`text_dev5.csv`,
+  {report.rows["dev 5"]} texts: held-out set D, where the fourth round's version, trained on the
+  corpus with its fourth batch and dev to dev 4, reached English recall 0.97, French 0.98,
+  routine posts to review 1.3% and 4.0%; its errors were read text by text to write the fifth
+  batch, and its result chose the pooled routine margin). Their figures below are out of fold,
+  not held out.
+- Held out (E): `pipeline/models/data/text_heldout.csv`, {report.rows["held-out"]} texts
   ({en["violating"]} violating and {en["routine"]} everyday or news per language, English and French
   written separately, not translated), written by an engineer who read none of the corpus, the
-  dev sets or this card, while the fourth round's changes (the corpus's fourth batch, training
-  on dev 4) were made without it, and frozen by its hash (SHA-256 `{report.heldout_sha256}`;
-  the build refuses the shipped file if it changes) before the fourth round's build. Its
+  dev sets or this card, while the fifth round's changes (the corpus's fifth batch, training
+  on dev 5, the pooled routine margin) were made without it, and frozen by its hash (SHA-256 `{report.heldout_sha256}`;
+  the build refuses the shipped file if it changes) before the fifth round's build. Its
   writer's draft is in git history; texts the overlap check refused were reworded without
   reading any score. The build refuses it if a text is a near-duplicate of a corpus or dev
   text (models/overlap.py). It was never used to train, to write the corpus or to choose a

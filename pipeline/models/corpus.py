@@ -36,8 +36,10 @@ DEV = Path(__file__).parent / "data" / "text_dev.csv"
 DEV2 = Path(__file__).parent / "data" / "text_dev2.csv"  # the first held-out set (582 texts), burned
 DEV3 = Path(__file__).parent / "data" / "text_dev3.csv"  # held-out set B (450 texts), burned
 DEV4 = Path(__file__).parent / "data" / "text_dev4.csv"  # held-out set C (450 texts), burned
-HELDOUT = Path(__file__).parent / "data" / "text_heldout.csv"  # held-out set D (450 texts)
-DEVS = {"dev": DEV, "dev 2": DEV2, "dev 3": DEV3, "dev 4": DEV4}  # tuning sets written apart from the corpus
+DEV5 = Path(__file__).parent / "data" / "text_dev5.csv"  # held-out set D (450 texts), burned
+HELDOUT = Path(__file__).parent / "data" / "text_heldout.csv"  # held-out set E (450 texts)
+# the tuning sets written apart from the corpus
+DEVS = {"dev": DEV, "dev 2": DEV2, "dev 3": DEV3, "dev 4": DEV4, "dev 5": DEV5}
 LABELS = ("benign", "graphic_violence", "hate", "violent_extremism")
 LANGS = ("en", "fr")
 

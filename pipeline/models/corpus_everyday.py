@@ -582,3 +582,50 @@ MORE2_FR[("benign", "quote_condemnation")] += [
     "Vu sous une vidéo : « faut tous les cramer ». Signalé. Ne laissez pas passer ça.",
     "Un compte écrit « mort aux infidèles » depuis des jours et personne ne réagit ? Je l'ai signalé à la plateforme.",
 ]
+
+# Fifth batch, written after held-out set D's one evaluation (D is now dev 5): its French
+# everyday posts that reached review were in West African French ("mon frère", "tantie", power
+# cuts) and an illness described with violent images; condolences for ordinary deaths and
+# sports trash talk also scored towards violent_extremism. New posts in those registers, not
+# D's texts reworded; written before held-out set E was read by anyone here.
+EVERYDAY_FR += [
+    "Mon frère, on dit quoi ? Ça fait longtemps, passe à la maison ce week-end",
+    "Le délestage encore ce soir, on a mangé à la bougie comme au village",
+    "Tantie a préparé le thiéboudienne, venez vite avant que tout finisse",
+    "Les frères, qui peut me déposer au marché demain matin ? Ma moto est gâtée",
+    "On est ensemble mon frère, force à toi pour l'examen",
+    "Le maquis du coin a refait sa terrasse, on se retrouve là-bas vendredi ?",
+    "Il fait trop chaud ici, même le ventilateur transpire",
+    "Coupure d'eau depuis hier, on attend seulement que ça revienne",
+    "Je m'en vais au boulot, on se capte ce soir à la pause",
+    "Pis, la gang, on se fait-tu un souper chez nous samedi ?",
+    "Y fait frette à matin, mettez vos tuques",
+    "Une fois, tu passes à la maison ? On a une tarte au riz",
+    "J'ai une crève carabinée, la tête qui explose et le nez en fontaine",
+    "Migraine de l'enfer, j'ai l'impression qu'on me tape sur le crâne au marteau",
+    "Ma gastro m'a achevé, je suis un cadavre ambulant aujourd'hui",
+    "Le dentiste m'a massacré la gencive, je peux plus rien manger",
+    "Trois nuits sans dormir avec le petit, je ressemble à un mort-vivant",
+    "Mes pieds sont en sang après ces nouvelles chaussures",
+    "Repose en paix mamie, tu nous as tout appris. On t'aime fort",
+    "Toutes mes pensées pour toi et ta famille, ton père était un homme bon",
+    "Le village a perdu son boulanger ce matin, quarante ans de pain et de sourires",
+    "Minute de silence au club samedi pour notre ancien président",
+    "Il est parti trop tôt, notre prof de maths. Merci pour la patience, monsieur",
+]
+EVERYDAY_EN += [
+    "Bro what's good? Long time, swing by the house this weekend",
+    "Power's out again tonight, eating by candlelight like it's 1890",
+    "This flu has me feeling like a corpse, head pounding, throat on fire",
+    "Migraine from hell, feels like someone's hammering my skull",
+    "Three nights of teething, I am the walking dead",
+    "RIP Grandad, you taught us everything. Love you always",
+    "Thinking of you and your mum today, your dad was one of the good ones",
+    "Minute's silence at the club on Saturday for our old chairman",
+]
+MORE2_FR.setdefault(("benign", "sport_games_slang"), [])
+MORE2_FR[("benign", "sport_games_slang")] += [
+    "Samedi on va les écraser, préparez-vous à une raclée ⚽",
+    "Ce soir on rush en ranked, soyez co à 21h on va tout casser",
+    "Le gardien a arrêté un penalty, le stade a explosé",
+]

@@ -509,3 +509,26 @@ def test_out_of_fold_scores_come_from_heads_that_never_saw_the_text(monkeypatch:
     assert (scores[:, 1] == 1.0).all()  # every text was scored
     assert (scores[:, 0] == 0.0).all()  # by a head that had not seen it
     assert len({model_build.fold_of(t) for t in texts}) == model_build.FOLDS
+
+
+def test_review_thresholds_keep_all_tuning_sets_together_under_half_the_target() -> None:
+    """Each set may send 2% of its routine posts to review, all of them together only 1%."""
+    ve = LABELS.index("violent_extremism")
+
+    def split(routine: list[float]) -> model_build.Split:
+        n = len(routine) + 10
+        s = model_build.Split(
+            [""] * n,
+            np.array([0] * len(routine) + [ve] * 10),
+            np.array(["en"] * n),
+            np.array(["everyday"] * len(routine) + ["incitement"] * 10),
+        )
+        full = np.zeros((n, len(LABELS)), np.float32)
+        full[:, ve] = routine + [0.9] * 5 + [0.55] * 5
+        s.scores = full
+        return s
+
+    # 100 routine posts each: two per set at 0.6 and 0.7 are within 2%, but four of 200 are not 1%
+    one, two = split([0.05] * 98 + [0.6, 0.7]), split([0.05] * 98 + [0.62, 0.72])
+    assert model_build.choose_review([one])["violent_extremism"] == 0.1  # type: ignore[index]  # alone: 2% allowed
+    assert model_build.choose_review([one, two])["violent_extremism"] == 0.63  # type: ignore[index]
