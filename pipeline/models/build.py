@@ -11,10 +11,11 @@ Sets, and what each is for:
 - the corpus: training, but for a fifth of its frames (all texts of a frame on the same side),
   the validation split;
 - dev (`data/text_dev.csv`), dev 2 (`data/text_dev2.csv`, the first held-out set), dev 3
-  (`data/text_dev3.csv`, held-out set B), dev 4 (`data/text_dev4.csv`, held-out set C) and
-  dev 5 (`data/text_dev5.csv`, held-out set D), each burned by its one evaluation as a
+  (`data/text_dev3.csv`, held-out set B), dev 4 (`data/text_dev4.csv`, held-out set C),
+  dev 5 (`data/text_dev5.csv`, held-out set D) and dev 6 (`data/text_dev6.csv`, held-out set
+  E), each burned by its one evaluation as a
   held-out set: written apart from the corpus by other hands, and now used to train and tune;
-- held out (`data/text_heldout.csv`, held-out set E): written apart from the corpus and the
+- held out (`data/text_heldout.csv`, held-out set F): written apart from the corpus and the
   dev sets and frozen (`HELDOUT_SHA256`) before this version was built; never used to train,
   to write the corpus or to choose a threshold or setting. The build refuses it if any of its
   texts is a near-duplicate of a corpus or dev text (models/overlap.py), and refuses the
@@ -31,7 +32,7 @@ Review thresholds (`choose_review`): the combination of per-label thresholds (0.
 `REVIEW_MIN`) that sends the most violating texts of the tuning sets to review (the weaker
 language first), under the constraints that in each tuning set and each language at most
 `TARGET_ROUTINE` of the everyday posts and news reach review, and of all tuning sets together
-at most `TUNING_ROUTINE` (half as many: a margin for new writers); ties go to the higher
+at most `TUNING_ROUTINE` (a quarter as many: a margin for new writers); ties go to the higher
 thresholds.
 `remove` per label at the lowest score above which no validation text of another label scores
 (and not under `REMOVE_FLOOR`), kept only where, on every evaluation set (the dev sets and
@@ -85,10 +86,10 @@ EVALS = (*DEVS, "held-out")
 HELDOUT_SHA256 = "3d080a1a912481549a5de87efb2a1409d8c2e2eac73e71104619d942011ce203"
 TARGET_RECALL = 0.85  # held out, per language: violating texts sent to review (or removed)
 TARGET_ROUTINE = 0.02  # held out, per language: everyday posts and news sent to review
-# All tuning sets together, per language: half the target, a margin for new writers and
-# registers. Held-out sets C and D showed about twice their tuning sets' rate (French 4.0%
-# where every tuning set was held at 2%).
-TUNING_ROUTINE = 0.01
+# All tuning sets together, per language: a quarter of the target, a margin for new writers
+# and registers. Held-out sets C, D and E showed two to five times their tuning sets' rate
+# (French 4.0% where each tuning set was held at 2%; 2.7% where all together were held at 1%).
+TUNING_ROUTINE = 0.005
 
 
 # The figures of a run of bench/classify.py, pasted by hand (the build does not time anything).
@@ -444,7 +445,7 @@ def build(
     review_at = choose_review(list(tuning.values()))
     rule = (
         f"the most violating texts of {', '.join(TUNING)} (scored out of fold) sent to review with at most "
-        f"{TARGET_ROUTINE:.0%} of each set's everyday posts and news, and {TUNING_ROUTINE:.0%} of all sets' "
+        f"{TARGET_ROUTINE:.0%} of each set's everyday posts and news, and {TUNING_ROUTINE:.1%} of all sets' "
         "together, per language"
         if review_at is not None
         else f"no thresholds keep the tuning sets' routine texts under {TARGET_ROUTINE:.0%}: "
@@ -606,8 +607,8 @@ of the box, in English and French (and, untested, the other languages of its enc
   and each fold is scored by a head trained on everything else, so no threshold is chosen on
   a score of a text the head was trained on. Every tuning set and language keeps its everyday
   posts and news at review under {TARGET_ROUTINE:.0%}, and all of them together, per language,
-  under {TUNING_ROUTINE:.0%}: a margin, since the held-out sets C and D, new writers, showed
-  twice the rate the tuning sets had been held to.
+  under {TUNING_ROUTINE:.1%}: a margin, since the held-out sets C, D and E, new writers,
+  showed two to five times the rate the tuning sets had been held to.
 - Remove thresholds: only where, on the dev sets and the held-out set alike, precision at
   the remove threshold is at least {REMOVE_PRECISION:.2f} over at least {REMOVE_MIN_SUPPORT} texts
   and no benign text is removed; otherwise the label only ever goes to review.
@@ -636,19 +637,24 @@ of the box, in English and French (and, untested, the other languages of its enc
   {report.rows["dev 5"]} texts: held-out set D, where the fourth round's version, trained on the
   corpus with its fourth batch and dev to dev 4, reached English recall 0.97, French 0.98,
   routine posts to review 1.3% and 4.0%; its errors were read text by text to write the fifth
-  batch, and its result chose the pooled routine margin). Their figures below are out of fold,
-  not held out.
-- Held out (E): `pipeline/models/data/text_heldout.csv`, {report.rows["held-out"]} texts
+  batch, and its result set a pooled routine margin of 1%) and dev 6 (`text_dev6.csv`,
+  {report.rows["dev 6"]} texts: held-out set E, where the fifth round's version, trained with the
+  fifth batch and dev 5 under that margin, reached English recall 0.97, French 0.92, routine
+  posts to review 2.7% and 2.7%; its errors were read text by text to write the sixth batch,
+  and its result tightened the margin to 0.5%). Their figures below are out of fold, not held
+  out.
+- Held out (F): `pipeline/models/data/text_heldout.csv`, {report.rows["held-out"]} texts
   ({en["violating"]} violating and {en["routine"]} everyday or news per language, English and French
   written separately, not translated), written by an engineer who read none of the corpus, the
-  dev sets or this card, while the fifth round's changes (the corpus's fifth batch, training
-  on dev 5, the pooled routine margin) were made without it, and frozen by its hash (SHA-256 `{report.heldout_sha256}`;
-  the build refuses the shipped file if it changes) before the fifth round's build. Its
-  writer's draft is in git history; texts the overlap check refused were reworded without
-  reading any score. The build refuses it if a text is a near-duplicate of a corpus or dev
-  text (models/overlap.py). It was never used to train, to write the corpus or to choose a
-  threshold or setting (it can only veto a remove threshold); the figures below are its first
-  and only evaluation.
+  dev sets or this card, while the sixth round's changes (the corpus's sixth batch, training
+  on dev 6, the pooled routine margin of 0.5%) were made without it, and frozen by its hash
+  (SHA-256 `{report.heldout_sha256}`; the build refuses the shipped file if it changes) before
+  the sixth round's build. Its writer's draft is in git history; texts the overlap check
+  refused were reworded without reading any score. The build refuses it if a text is a
+  near-duplicate of a corpus or dev text (models/overlap.py). It was never used to train, to
+  write the corpus or to choose a threshold or setting (it can only veto a remove threshold);
+  the figures below are its first and only evaluation. It is larger than the earlier held-out
+  sets (100 everyday posts and news per language, not 75), so that one post is 1%, not 1.3%.
 - No real user content, no real organisation names; invented towns.
 
 ## Targets

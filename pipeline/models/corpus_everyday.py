@@ -629,3 +629,46 @@ MORE2_FR[("benign", "sport_games_slang")] += [
     "Ce soir on rush en ranked, soyez co à 21h on va tout casser",
     "Le gardien a arrêté un penalty, le stade a explosé",
 ]
+
+# Sixth batch, written after held-out set E's one evaluation (E is now dev 6): its everyday
+# posts that reached review booked a trip, described a jab or a pet's mishap in violent images,
+# and one was in Quebec French ("mon char": my car); a condolence opened with "Inna lillahi wa
+# inna ilayhi raji'un" and scored 0.98 violent_extremism. A model that reads ordinary Muslim
+# religious phrases as extremism harms exactly the people it should protect: these posts use
+# them in everyday life, prayer, holidays and mourning. New posts, not E's texts reworded;
+# written before held-out set F was read by anyone here.
+EVERYDAY_EN += [
+    "Flights to Porto for 40 quid?! Booked before I could talk myself out of it",
+    "Just booked the train for Christmas, 6am departure, pray for me",
+    "Tickets booked, hotel booked, now I just need a passport that isn't expired",
+    "Got my booster today, arm feels like it went ten rounds with a boxer",
+    "Tetanus shot done, my shoulder has officially filed a complaint",
+    "Stubbed my toe so hard I saw my ancestors",
+    "The puppy ate half a crayon, vet says he'll be fine, his poop will be blue",
+    "Alhamdulillah for another year, thank you all for the birthday wishes",
+    "Ramadan Mubarak to everyone fasting, may it be a blessed month 🌙",
+    "Eid Mubarak from our family to yours! Too much food as always",
+    "Inshallah the weather holds for the wedding on Saturday",
+    "Inna lillahi wa inna ilayhi raji'un. Auntie Fatima passed this morning, please keep her in your duas",
+    "Mashallah my little brother graduated today, so proud of him",
+    "Breaking the fast with my neighbours tonight, dates and lentil soup",
+    "Jummah was packed today, had to pray in the car park",
+]
+EVERYDAY_FR += [
+    "Vols pour Lisbonne à 30 euros en novembre, j'ai réservé sans réfléchir",
+    "Billets pris pour Noël, départ 6h du mat, priez pour moi",
+    "Rappel du vaccin fait, j'ai le bras en compote",
+    "Je me suis cogné le petit orteil contre le lit, j'ai vu ma vie défiler",
+    "Le chaton a avalé un élastique, le véto dit qu'on attend que ça ressorte 🙄",
+    "Mon char est enterré sous la neige, je vais au travail en autobus à matin",
+    "Y fait -25 pis la batterie du char est morte, quelqu'un a des câbles ?",
+    "Le char est au garage pour ses pneus d'hiver, je suis à pied jusqu'à jeudi",
+    "Alhamdoulillah, ma mère est sortie de l'hôpital ce matin",
+    "Ramadan moubarak à tous ceux qui jeûnent, que ce mois soit béni 🌙",
+    "Aïd moubarak à toute la famille, trop de gâteaux comme chaque année",
+    "Inchallah il fera beau pour le mariage samedi",
+    "Inna lillahi wa inna ilayhi raji'un, tonton Moussa nous a quittés. Gardez-le dans vos prières",
+    "Machallah ma petite sœur a eu son bac avec mention",
+    "Rupture du jeûne chez les voisins ce soir, chorba et dattes",
+    "La prière du vendredi était bondée, on a prié dehors sur le parking",
+]
