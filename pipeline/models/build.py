@@ -82,8 +82,8 @@ ROUTINE = ("everyday", "news")  # the kinds of benign text that must almost neve
 HARMFUL = tuple(lab for lab in LABELS if lab != "benign")
 TUNING = ("validation", *DEVS)  # the tuning pool: scored out of fold, they choose the thresholds
 EVALS = (*DEVS, "held-out")
-# Held-out set E as frozen on 2026-11-23, before this version was built.
-HELDOUT_SHA256 = "3d080a1a912481549a5de87efb2a1409d8c2e2eac73e71104619d942011ce203"
+# Held-out set F as frozen on 2026-11-23, before this version was built.
+HELDOUT_SHA256 = "94b07e26a93dd000aa8072fe16ba24f9e32bde9178b4f3b9ae824f699cf1de32"
 TARGET_RECALL = 0.85  # held out, per language: violating texts sent to review (or removed)
 TARGET_ROUTINE = 0.02  # held out, per language: everyday posts and news sent to review
 # All tuning sets together, per language: a quarter of the target, a margin for new writers
@@ -654,7 +654,7 @@ of the box, in English and French (and, untested, the other languages of its enc
   near-duplicate of a corpus or dev text (models/overlap.py). It was never used to train, to
   write the corpus or to choose a threshold or setting (it can only veto a remove threshold);
   the figures below are its first and only evaluation. It is larger than the earlier held-out
-  sets (100 everyday posts and news per language, not 75), so that one post is 1%, not 1.3%.
+  sets (110 everyday posts and news per language, not 75), so that one post is 0.9%, not 1.3%.
 - No real user content, no real organisation names; invented towns.
 
 ## Targets
