@@ -630,10 +630,10 @@ of the box, in English and French (and, untested, the other languages of its enc
   set, where that version reached English recall 0.91, French 0.79, routine posts to review
   11.1% and 6.7%), dev 3 (`text_dev3.csv`, {report.rows["dev 3"]} texts: held-out set B, where
   the second round's version reached English recall 0.79, French 0.88, routine posts to review
-  1.3% and 4.0%) and dev 4 (`text_dev4.csv`, {report.rows["dev 4"]} texts: held-out set C, where
+  1.3% and 4.0%), dev 4 (`text_dev4.csv`, {report.rows["dev 4"]} texts: held-out set C, where
   the third round's version, this pooling and head trained on the corpus and dev to dev 3,
   reached English recall 0.97, French 0.95, routine posts to review 1.3% and 4.0%; its errors
-  were read text by text to write the corpus's fourth batch) and dev 5 (`text_dev5.csv`,
+  were read text by text to write the corpus's fourth batch), dev 5 (`text_dev5.csv`,
   {report.rows["dev 5"]} texts: held-out set D, where the fourth round's version, trained on the
   corpus with its fourth batch and dev to dev 4, reached English recall 0.97, French 0.98,
   routine posts to review 1.3% and 4.0%; its errors were read text by text to write the fifth

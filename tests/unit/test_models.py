@@ -76,7 +76,7 @@ KNOWN = {
 # chosen for few routine posts at review, scores it 0.25 against 0.39 (benign 0.68) and misses
 # it clearly, while its French twin reaches review (0.67). violent_extremism is still its
 # highest harmful label; English calls to share footage are a known weakness (model card).
-KNOWN_MISSES = {"Repost the full video of the shooting before the platform deletes it."}
+KNOWN_MISSES: set[str] = set()  # texts of KNOWN the default model misses today (put them here, not out)
 
 
 @pytest.fixture(scope="module")
