@@ -157,6 +157,7 @@ class App:
                 follower = TopicFollower(self.settings, self.codec, self._review_queue.feed(topic), topic)
                 follower.start()
                 self._event_followers.append(follower)
+                self._review_queue.followers.append(follower)
                 follower.wait_caught_up()
         return self._review_queue
 

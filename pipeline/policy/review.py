@@ -42,6 +42,12 @@ class ReviewQueue:
         self._lock = threading.Lock()
         self._tasks: dict[str, Record] = {}
         self._decided: set[tuple[str | None, str | None]] = set()
+        self.followers: list[threading.Thread] = []  # the threads that feed it, once started
+
+    @property
+    def live(self) -> bool:
+        """Whether every follower feeding the queue still runs (a stopped one leaves it stale)."""
+        return all(f.is_alive() for f in self.followers)
 
     def feed(self, topic: str) -> Feed:
         appliers = {"review": self.add_task, "review.verdicts": self.add_verdict}

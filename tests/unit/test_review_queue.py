@@ -65,3 +65,15 @@ def test_same_answer_as_reading_the_topics() -> None:
 def test_feed_of_another_topic_is_refused() -> None:
     with pytest.raises(ValueError, match="not 'decisions'"):
         ReviewQueue().feed("decisions")
+
+
+def test_a_queue_whose_follower_stopped_is_not_live() -> None:
+    import threading
+
+    queue = ReviewQueue()
+    assert queue.live  # no follower yet: a queue fed by hand
+    done = threading.Thread(target=lambda: None)
+    done.start()
+    done.join()
+    queue.followers.append(done)
+    assert not queue.live

@@ -12,6 +12,7 @@ SHA-256 of its media, which is also its `sha256` signal, so the decision's signa
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from pipeline.sdk import ModerationProducer
 from pipeline.serde import Codec, DecodeError
 from pipeline.state.media import MediaStore
 from pipeline.state.reports import RedisReportStore
+
+logger = logging.getLogger(__name__)
 
 LOOKBACK_MS = 10 * 60 * 1000  # a decision is produced with its task; allow for clocks and retries
 
@@ -87,7 +90,11 @@ class KafkaBackend:
     queue: review.ReviewQueue | None = None  # followed live by the serve process; else read per call
 
     def open_tasks(self) -> list[Record]:
-        return self.queue.open_tasks() if self.queue is not None else review.open_tasks(self.settings)
+        if self.queue is not None and self.queue.live:
+            return self.queue.open_tasks()
+        if self.queue is not None:
+            logger.error("the review queue's followers stopped: reading the review topics instead")
+        return review.open_tasks(self.settings)
 
     def decision(self, decision_id: str, since_ms: int) -> Record | None:
         def wanted(d: Record) -> bool:
