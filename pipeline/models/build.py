@@ -93,18 +93,19 @@ TUNING_ROUTINE = 0.005
 
 
 # The figures of a run of bench/classify.py, pasted by hand (the build does not time anything).
-SPEED = """`bench/classify.py`, one thread, 3,000 texts of the corpus and dev set shuffled (25.2 tokens
-on average; the longest of a batch of 500: 43 to 51), on the 2-core development machine while
-other jobs ran on it (load average 2.7): a quiet core does better.
+SPEED = """`bench/classify.py`, one thread, 3,000 texts of the corpus and dev set shuffled (24.7 tokens
+on average; the longest of a batch of 500: 42 to 54), on the 2-core development machine with
+nothing else running (an earlier run while other jobs ran, load average 2.7, gave 26.4, 16.5
+and 46.7 records/s).
 
 | how | records/s | time per call |
 |---|---:|---|
-| one record per inference | 26.4 | p50 31 ms, p99 132 ms per record |
-| a batch of 500 in one inference, padded to its longest text | 16.5 | p50 30.3 s, p99 32.7 s per batch |
-| a batch of 500 as micro-batches of 16 of similar length (the default) | 46.7 | p50 10.3 s, p99 13.9 s per batch |
+| one record per inference | 59.1 | p50 17 ms, p99 24 ms per record |
+| a batch of 500 in one inference, padded to its longest text | 30.0 | p50 16.7 s, p99 17.0 s per batch |
+| a batch of 500 as micro-batches of 16 of similar length (the default) | 86.4 | p50 5.9 s, p99 5.9 s per batch |
 
-Micro-batches are 1.8 times as fast as one record at a time; one padded inference per batch
-is slower than one record at a time (0.6 times)."""
+Micro-batches are 1.5 times as fast as one record at a time; one padded inference per batch
+is slower than one record at a time (0.5 times)."""
 
 
 class OverlapError(ValueError):
