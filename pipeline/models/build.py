@@ -12,10 +12,10 @@ Sets, and what each is for:
   the validation split;
 - dev (`data/text_dev.csv`), dev 2 (`data/text_dev2.csv`, the first held-out set), dev 3
   (`data/text_dev3.csv`, held-out set B), dev 4 (`data/text_dev4.csv`, held-out set C),
-  dev 5 (`data/text_dev5.csv`, held-out set D) and dev 6 (`data/text_dev6.csv`, held-out set
-  E), each burned by its one evaluation as a
+  dev 5 (`data/text_dev5.csv`, held-out set D), dev 6 (`data/text_dev6.csv`, held-out set E)
+  and dev 7 (`data/text_dev7.csv`, held-out set F), each burned by its one evaluation as a
   held-out set: written apart from the corpus by other hands, and now used to train and tune;
-- held out (`data/text_heldout.csv`, held-out set F): written apart from the corpus and the
+- held out (`data/text_heldout.csv`, held-out set G): written apart from the corpus and the
   dev sets and frozen (`HELDOUT_SHA256`) before this version was built; never used to train,
   to write the corpus or to choose a threshold or setting. The build refuses it if any of its
   texts is a near-duplicate of a corpus or dev text (models/overlap.py), and refuses the
@@ -32,7 +32,7 @@ Review thresholds (`choose_review`): the combination of per-label thresholds (0.
 `REVIEW_MIN`) that sends the most violating texts of the tuning sets to review (the weaker
 language first), under the constraints that in each tuning set and each language at most
 `TARGET_ROUTINE` of the everyday posts and news reach review, and of all tuning sets together
-at most `TUNING_ROUTINE` (a quarter as many: a margin for new writers); ties go to the higher
+at most `TUNING_ROUTINE` (half as many: a margin for new writers); ties go to the higher
 thresholds.
 `remove` per label at the lowest score above which no validation text of another label scores
 (and not under `REMOVE_FLOOR`), kept only where, on every evaluation set (the dev sets and
@@ -86,10 +86,12 @@ EVALS = (*DEVS, "held-out")
 HELDOUT_SHA256 = "94b07e26a93dd000aa8072fe16ba24f9e32bde9178b4f3b9ae824f699cf1de32"
 TARGET_RECALL = 0.85  # held out, per language: violating texts sent to review (or removed)
 TARGET_ROUTINE = 0.02  # held out, per language: everyday posts and news sent to review
-# All tuning sets together, per language: a quarter of the target, a margin for new writers
-# and registers. Held-out sets C, D and E showed two to five times their tuning sets' rate
-# (French 4.0% where each tuning set was held at 2%; 2.7% where all together were held at 1%).
-TUNING_ROUTINE = 0.005
+# All tuning sets together, per language: half the target, a margin for new writers and
+# registers. Held-out sets C, D and E showed two to five times their tuning sets' rate (French
+# 4.0% where each tuning set was held at 2%, 2.7% where all together were held at 1%). A
+# quarter (0.5%) was tried on F: its routine errors scored far above any threshold (registers
+# the corpus lacked), while the violating texts it missed sat just under the raised ones.
+TUNING_ROUTINE = 0.01
 
 
 # The figures of a run of bench/classify.py, pasted by hand (the build does not time anything).
@@ -609,7 +611,8 @@ of the box, in English and French (and, untested, the other languages of its enc
   a score of a text the head was trained on. Every tuning set and language keeps its everyday
   posts and news at review under {TARGET_ROUTINE:.0%}, and all of them together, per language,
   under {TUNING_ROUTINE:.1%}: a margin, since the held-out sets C, D and E, new writers,
-  showed two to five times the rate the tuning sets had been held to.
+  showed two to five times the rate the tuning sets had been held to (0.5% was tried in the
+  sixth round and cost recall without sparing routine posts, ADR 0002).
 - Remove thresholds: only where, on the dev sets and the held-out set alike, precision at
   the remove threshold is at least {REMOVE_PRECISION:.2f} over at least {REMOVE_MIN_SUPPORT} texts
   and no benign text is removed; otherwise the label only ever goes to review.
@@ -638,24 +641,29 @@ of the box, in English and French (and, untested, the other languages of its enc
   {report.rows["dev 5"]} texts: held-out set D, where the fourth round's version, trained on the
   corpus with its fourth batch and dev to dev 4, reached English recall 0.97, French 0.98,
   routine posts to review 1.3% and 4.0%; its errors were read text by text to write the fifth
-  batch, and its result set a pooled routine margin of 1%) and dev 6 (`text_dev6.csv`,
+  batch, and its result set a pooled routine margin of 1%), dev 6 (`text_dev6.csv`,
   {report.rows["dev 6"]} texts: held-out set E, where the fifth round's version, trained with the
   fifth batch and dev 5 under that margin, reached English recall 0.97, French 0.92, routine
   posts to review 2.7% and 2.7%; its errors were read text by text to write the sixth batch,
-  and its result tightened the margin to 0.5%). Their figures below are out of fold, not held
-  out.
-- Held out (F): `pipeline/models/data/text_heldout.csv`, {report.rows["held-out"]} texts
+  and its result tightened the margin to 0.5%) and dev 7 (`text_dev7.csv`,
+  {report.rows["dev 7"]} texts: held-out set F, where the sixth round's version, trained with the
+  sixth batch and dev 6 under that margin, reached English recall 0.89, French 0.85, routine
+  posts to review 2.7% and 0.0%; its errors, English slang and French violating texts just
+  under the raised thresholds, were read text by text to write the seventh batch, and the
+  margin went back to 1%). Their figures below are out of fold, not held out.
+- Held out (G): `pipeline/models/data/text_heldout.csv`, {report.rows["held-out"]} texts
   ({en["violating"]} violating and {en["routine"]} everyday or news per language, English and French
   written separately, not translated), written by an engineer who read none of the corpus, the
-  dev sets or this card, while the sixth round's changes (the corpus's sixth batch, training
-  on dev 6, the pooled routine margin of 0.5%) were made without it, and frozen by its hash
+  dev sets or this card, while the seventh round's changes (the corpus's seventh batch,
+  training on dev 7, the pooled routine margin back at 1%) were made without it, and frozen by its hash
   (SHA-256 `{report.heldout_sha256}`; the build refuses the shipped file if it changes) before
-  the sixth round's build. Its writer's draft is in git history; texts the overlap check
+  the seventh round's build. Its writer's draft is in git history; texts the overlap check
   refused were reworded without reading any score. The build refuses it if a text is a
   near-duplicate of a corpus or dev text (models/overlap.py). It was never used to train, to
   write the corpus or to choose a threshold or setting (it can only veto a remove threshold);
   the figures below are its first and only evaluation. It is larger than the earlier held-out
-  sets (110 everyday posts and news per language, not 75), so that one post is 0.9%, not 1.3%.
+  sets (150 everyday posts and news per language, not 75 to 110), so that one post is 0.7%,
+  and it spreads every kind over many Englishes and Frenches.
 - No real user content, no real organisation names; invented towns.
 
 ## Targets
@@ -676,7 +684,7 @@ held-out column judges the targets.
 {SPEED}
 
 ## Limits
-- Every text, training, dev and held out, was written by the project's engineers (eight
+- Every text, training, dev and held out, was written by the project's engineers (nine
   writers in all, each set by one), not taken from real traffic. These figures overstate how well the model
   does on real posts, where coded language, irony, misspelling, images of text and context
   (who posts, in reply to what) matter. Before relying on it, measure it on a sample of the
@@ -688,8 +696,8 @@ held-out column judges the targets.
   news only.
 - The evaluation sets have few texts per label and language (gore: 12 to 15 per language), so
   a figure of 1.00 means "no error seen in a few dozen", not "never wrong"; one everyday post
-  or news report is 0.9% to 1.4% of a language's routine texts, so the 2% target allows one
-  (two on held-out set F).
+  or news report is 0.7% to 1.4% of a language's routine texts, so the 2% target allows one
+  (three on held-out set G).
 - Languages other than English and French are untested.
 - Texts longer than {MAX_LENGTH} tokens (about 90 English words) are classified on their
   beginning only.

@@ -38,9 +38,10 @@ DEV3 = Path(__file__).parent / "data" / "text_dev3.csv"  # held-out set B (450 t
 DEV4 = Path(__file__).parent / "data" / "text_dev4.csv"  # held-out set C (450 texts), burned
 DEV5 = Path(__file__).parent / "data" / "text_dev5.csv"  # held-out set D (450 texts), burned
 DEV6 = Path(__file__).parent / "data" / "text_dev6.csv"  # held-out set E (450 texts), burned
-HELDOUT = Path(__file__).parent / "data" / "text_heldout.csv"  # held-out set F (520 texts)
+DEV7 = Path(__file__).parent / "data" / "text_dev7.csv"  # held-out set F (520 texts), burned
+HELDOUT = Path(__file__).parent / "data" / "text_heldout.csv"  # held-out set G (600 texts)
 # the tuning sets written apart from the corpus
-DEVS = {"dev": DEV, "dev 2": DEV2, "dev 3": DEV3, "dev 4": DEV4, "dev 5": DEV5, "dev 6": DEV6}
+DEVS = {"dev": DEV, "dev 2": DEV2, "dev 3": DEV3, "dev 4": DEV4, "dev 5": DEV5, "dev 6": DEV6, "dev 7": DEV7}
 LABELS = ("benign", "graphic_violence", "hate", "violent_extremism")
 LANGS = ("en", "fr")
 

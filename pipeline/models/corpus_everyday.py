@@ -672,3 +672,73 @@ EVERYDAY_FR += [
     "Rupture du jeûne chez les voisins ce soir, chorba et dattes",
     "La prière du vendredi était bondée, on a prié dehors sur le parking",
 ]
+
+# Seventh batch, written after held-out set F's one evaluation (F is now dev 7): its English
+# everyday posts that reached review were British and Australian slang ("off the fags", a
+# "snag" at the hardware shop, "I'm gonna strangle whoever..."), and its French violating
+# texts it missed sat just under the thresholds that the 0.5% margin had raised. New everyday
+# posts in many Englishes and Frenches, not F's texts reworded; written before held-out set G
+# was read by anyone here.
+EVERYDAY_EN += [
+    "Three weeks off the fags and I'd sell a kidney for one right now",
+    "Nipping out for fags and milk, anyone want owt?",
+    "Sausage sizzle at the footy club Sunday, snags are two bucks",
+    "Arvo swim then a cheeky schooner at the pub, living the dream",
+    "Absolutely knackered, the little one was up every hour",
+    "Gutted the chippy's shut on a Monday, what am I meant to eat",
+    "I could murder a curry right about now",
+    "If the plumber's late again I'll kill him, third time this week",
+    "She's raging, someone nicked her bike from outside Tesco",
+    "Wee bit dreich today but the hills still look class",
+    "Grand stretch in the evenings now, bring on the summer",
+    "The craic at the wedding was unreal, still recovering",
+    "Sweet as bro, see you at the bach on Friday",
+    "Load shedding again from 6 to 8, braai it is",
+    "Abeg who get charger for Ikeja side? My phone don die",
+    "Traffic for Third Mainland Bridge na wahala, two hours to move small",
+    "Kindly do the needful and revert on the rent receipt, landlord uncle",
+    "Monsoon came early, office flooded, working from home with chai",
+    "Can lah, we meet at the hawker centre at 7 then go",
+    "Y'all my grandma's peach cobbler just ended every argument at this cookout",
+    "Bruh the line at the DMV was wrapped around the building",
+    "Finna take a nap and pretend Monday ain't real",
+    "Fixed the fence, mowed the lawn, the neighbour's dog still judging me",
+    "Bloody bin men skipped our street again",
+    "Lads, five-a-side tonight, bring bibs and a pump for the ball",
+    "Taking the dog to the beach, she'll be filthy and delighted",
+    "Smashed the driving test second go, mum's crying in the car park",
+    "My landlord wants another £150 a month for the same damp flat, fuming",
+    "Anyone know a decent mechanic near the ring road? The clutch is gone",
+    "Cheers for the birthday messages everyone, had a belter",
+]
+EVERYDAY_FR += [
+    "Wesh, on se capte au grec après le taf ? J'ai trop la dalle",
+    "La meuf de mon cousin elle cuisine trop bien, j'ai repris trois fois",
+    "C'est chelou, le bus passe plus depuis lundi",
+    "J'suis dead, trois heures de sommeil et partiel à 8h",
+    "Sahbi, tu m'avances 20 balles jusqu'à vendredi ?",
+    "Le ftour chez tata ce soir, elle a fait la chorba et les msemen",
+    "Ici il fait 38 degrés, même le climatiseur a abandonné",
+    "Doudou, passe prendre le pain en rentrant stp",
+    "Sa ka fèt ? On fait un ti punch samedi chez Man Jo",
+    "Il drache depuis ce matin, une fois, prends ton parapluie",
+    "On se voit septante minutes après la fin du match, devant la friterie",
+    "Ça joue pour samedi, on monte au chalet avec les gamins ?",
+    "Le gbaka est plein, je vais marcher jusqu'au carrefour",
+    "Mon ndeye a réussi son concours, on est fiers, Alhamdoulillah",
+    "Le proprio veut augmenter le loyer de 80 balles, je vais péter un câble",
+    "Si le plombier me pose encore un lapin je le tue, troisième fois cette semaine",
+    "Mon daron a enfin appris à envoyer un vocal, on est en 2026",
+    "La clim du bureau est en panne, on crève de chaud",
+    "Je me suis fait défoncer au padel par ma grand-mère, la honte",
+    "Vide-grenier au quartier dimanche, je vends toutes mes vieilles BD",
+]
+MORE2_EN.setdefault(("benign", "sport_games_slang"), [])
+MORE2_EN[("benign", "sport_games_slang")] += [
+    "Wiped the whole enemy squad solo in ranked, somebody clip that",
+    "Their defence got absolutely destroyed, 5-0 and it could've been ten",
+]
+MORE2_EN.setdefault(("benign", "condolences"), [])
+MORE2_EN[("benign", "condolences")] += [
+    "Candles lit tonight for everyone taken at the station. May their memory be a blessing.",
+]
