@@ -82,8 +82,8 @@ ROUTINE = ("everyday", "news")  # the kinds of benign text that must almost neve
 HARMFUL = tuple(lab for lab in LABELS if lab != "benign")
 TUNING = ("validation", *DEVS)  # the tuning pool: scored out of fold, they choose the thresholds
 EVALS = (*DEVS, "held-out")
-# Held-out set F as frozen on 2026-11-23, before this version was built.
-HELDOUT_SHA256 = "94b07e26a93dd000aa8072fe16ba24f9e32bde9178b4f3b9ae824f699cf1de32"
+# Held-out set G as frozen on 2026-11-23, before this version was built.
+HELDOUT_SHA256 = "682e794176983d847a106fe79ebece8444131916f1de38b0383c0b31948405a5"
 TARGET_RECALL = 0.85  # held out, per language: violating texts sent to review (or removed)
 TARGET_ROUTINE = 0.02  # held out, per language: everyday posts and news sent to review
 # All tuning sets together, per language: half the target, a margin for new writers and
