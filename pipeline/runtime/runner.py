@@ -40,6 +40,7 @@ thread): it finishes the batch in hand, commits, and leaves the group.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -206,6 +207,7 @@ class Runner:
             metrics.serve(self.settings.metrics_port)
         metrics.register_health(self.name, self.health)
         self._open()
+        gc.freeze()  # what start-up built (schemas, tables, models) is not scanned by every collection
         logger.info(
             "stage %s consuming %s as group %s (%s)",
             self.name,
