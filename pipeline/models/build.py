@@ -456,12 +456,11 @@ def build(
     )
     evals = {where: tuning[where] for where in DEVS} | {"held-out": heldout}
     labels = calibrate(tuning["validation"], evals, review_at)
-    summaries = {
-        where: summarise(split, labels) for where, split in ({"validation": tuning["validation"]} | evals).items()
-    }
+    reported = tuning | {"held-out": heldout}  # validation, the dev sets, held out
+    summaries = {where: summarise(split, labels) for where, split in reported.items()}
     report = BuildReport(
         {"training": len(train.texts), "trained on": len(train.texts) + len(pool.texts)}
-        | {where: len(split.texts) for where, split in ({"validation": tuning["validation"]} | evals).items()},
+        | {where: len(split.texts) for where, split in reported.items()},
         labels,
         rule,
         {where: s[0] for where, s in summaries.items()},

@@ -146,7 +146,13 @@ class FakeBackend:
         self, title: str, category: str, severity: str, media: list[Path], hashes: list[tuple[str, str]], reason: str
     ) -> tuple[Record, int]:
         incident = {"incident_id": "inc-1", "title": title, "status": "active", "category": category}
-        incident |= {"severity": severity, "declared_at": now_ms(), "closed_at": None, "signals": hashes}
+        incident |= {
+            "severity": severity,
+            "declared_at": now_ms(),
+            "closed_at": None,
+            "signals": hashes,
+            "reason": reason,
+        }
         self.incident_list.append(incident)
         self.written.append(("declare", title, [p.read_bytes() for p in media], hashes))
         return incident, len(hashes)

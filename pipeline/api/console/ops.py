@@ -25,7 +25,7 @@ from pipeline.api.console.session import Session
 from pipeline.api.http import Form
 from pipeline.banks.admin import HASH_FORMATS, SEVERITIES, BankInputError
 from pipeline.banks.table import EXACT_TYPES
-from pipeline.records import now_ms
+from pipeline.records import Record, now_ms
 from pipeline.signals.media import MediaError
 
 DONE = {
@@ -250,19 +250,24 @@ async def declare(request: Request, console: Console, session: Session, form: Fo
             )
         except (BankInputError, MediaError) as exc:
             return refused(f"Not declared: {exc}", 400)
+    await _audit_incident(console, session, "incident.declare", incident, count)
+    return RedirectResponse("/console/incidents?done=declared", 303)
+
+
+async def _audit_incident(console: Console, session: Session, action: str, incident: Record, hashes: int) -> None:
+    """An incident declared or accepted, on the audit topic: what it is and how many hashes it banked."""
     await run_in_threadpool(
         console.backend.audit,
         session.name,
-        "incident.declare",
+        action,
         "console",
         incident_id=incident["incident_id"],
-        title=title,
-        category=category,
-        severity=severity,
-        hashes=count,
-        reason=reason,
+        title=incident["title"],
+        category=incident["category"],
+        severity=incident["severity"],
+        hashes=hashes,
+        reason=incident["reason"],
     )
-    return RedirectResponse("/console/incidents?done=declared", 303)
 
 
 @writes_banks
@@ -287,18 +292,7 @@ async def accept(request: Request, console: Console, session: Session, form: For
         return refused(f"No incident {incident_id}.", 404)
     except ValueError as exc:
         return refused(f"Not accepted: {exc}.", 409)
-    await run_in_threadpool(
-        console.backend.audit,
-        session.name,
-        "incident.accept",
-        "console",
-        incident_id=incident_id,
-        title=incident["title"],
-        category=incident["category"],
-        severity=incident["severity"],
-        hashes=count,
-        reason=incident["reason"],
-    )
+    await _audit_incident(console, session, "incident.accept", incident, count)
     return RedirectResponse("/console/incidents?done=accepted", 303)
 
 
