@@ -21,6 +21,8 @@ import fastavro
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.types import Schema
 
+from pipeline.serde.compiled import compile_codecs
+
 NAMESPACE = "modstream"
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
@@ -169,12 +171,25 @@ class Codec:
             ConfluentRegistry(registry_url, self.schemas) if registry_url else LocalRegistry(self.schemas)
         )
         self._headers: dict[tuple[str, str], bytes] = {}
+        # Straight-line functions per schema (pipeline.serde.compiled); fastavro stays the
+        # reference: it answers whenever a compiled function raises, and resolves versions.
+        compiled = compile_codecs(self.schemas.parsed, self.schemas.named)
+        self._encoders = {name: enc for name, (enc, _) in compiled.items()}
+        self._decoders = {name: dec for name, (_, dec) in compiled.items()}
 
     def encode(self, record_type: str, record: dict[str, Any], subject: str = "") -> bytes:
         header = self._headers.get((subject, record_type))
         if header is None:
             schema_id = self.registry.id_for(subject or record_type, record_type)
             header = self._headers[(subject, record_type)] = _HEADER.pack(MAGIC, schema_id)
+        encoder = self._encoders.get(record_type)
+        if encoder is not None:
+            out = bytearray(header)
+            try:
+                encoder(out, record)
+                return bytes(out)
+            except Exception:  # noqa: S110  # fastavro below gives the answer and its message
+                pass
         buf = io.BytesIO()
         buf.write(header)
         try:
@@ -195,12 +210,14 @@ class Codec:
             written_as = str(writer.get("name", "")) if isinstance(writer, dict) else ""
             if written_as and isinstance(reader, dict) and written_as != reader["name"]:
                 raise DecodeError(f"{record_type}: record was written as {written_as}", raw)
-            buf = io.BytesIO(raw)
-            buf.seek(_HEADER.size)
-            # Resolution is only needed when the writer used another schema version.
-            record = fastavro.schemaless_reader(buf, writer, None if writer is reader else reader)
-            if buf.tell() != len(raw):
-                raise DecodeError(f"{record_type}: {len(raw) - buf.tell()} trailing bytes", raw)
+            record: Any = self._compiled_decode(record_type, writer is reader, raw)
+            if record is None:
+                buf = io.BytesIO(raw)
+                buf.seek(_HEADER.size)
+                # Resolution is only needed when the writer used another schema version.
+                record = fastavro.schemaless_reader(buf, writer, None if writer is reader else reader)
+                if buf.tell() != len(raw):
+                    raise DecodeError(f"{record_type}: {len(raw) - buf.tell()} trailing bytes", raw)
         except DecodeError as exc:
             exc.raw = raw
             raise
@@ -209,6 +226,18 @@ class Codec:
         if not isinstance(record, dict):
             raise DecodeError(f"{record_type}: decoded to {type(record).__name__}, not a record", raw)
         return record
+
+    def _compiled_decode(self, record_type: str, same_schema: bool, raw: bytes) -> dict[str, Any] | None:
+        """The record by the compiled decoder when the writer's schema is the reader's; None
+        when there is none, or when it refuses (fastavro then answers, with its message)."""
+        decoder = self._decoders.get(record_type) if same_schema else None
+        if decoder is None:
+            return None
+        try:
+            record, end = decoder(raw, _HEADER.size)
+        except Exception:
+            return None
+        return record if end == len(raw) else None
 
 
 _PRIMITIVES = frozenset({"null", "string", "bytes", "int", "long", "float", "double", "boolean"})
