@@ -86,6 +86,21 @@ class Facts:
     incidents: tuple[Record, ...] = ()  # the active incidents, newest first
 
     @cached_property
+    def present(self) -> frozenset[str]:
+        """What the record has of what conditions look at (see `_needs`)."""
+        r = self.record
+        there = (
+            ("matches", r["matches"]),
+            ("scores", r["scores"]),
+            ("reports", self.reports),
+            ("account", r.get("account")),
+            ("media_error", r.get("media_error")),
+            ("incident_active", self.incident_active),
+            ("incidents", self.incidents),
+        )
+        return frozenset(name for name, value in there if value)
+
+    @cached_property
     def categories(self) -> set[str]:
         """What the record is about, by its evidence: its matches' categories, report reasons."""
         found = {m["category"] for m in self.record["matches"]}
@@ -141,9 +156,20 @@ class Policy:
             for kind in ("upload", "report", "live")
         }
 
+    @cached_property
+    def _candidates(self) -> dict[tuple[str, frozenset[str]], tuple[Rule, ...]]:
+        """(kind, what a record has) -> the rules that can fire on such a record, in order;
+        filled as records come (a few dozen combinations at most)."""
+        return {}
+
     def evaluate(self, facts: Facts) -> Outcome:
         kind = facts.record["kind"]
-        for rule in self._rules_by_kind.get(kind, self.rules):
+        key = (kind, facts.present)
+        rules = self._candidates.get(key)
+        if rules is None:
+            rules = tuple(r for r in self._rules_by_kind.get(kind, self.rules) if _needs(r) <= facts.present)
+            self._candidates[key] = rules
+        for rule in rules:
             fired = _fires(rule, facts, self.registry_thresholds)
             if fired is not None:
                 return _outcome(rule, fired, incident_of(rule, facts))
@@ -249,6 +275,20 @@ def _fires(rule: Rule, facts: Facts, registry: Mapping[tuple[str, str], Any]) ->
             return None
         evidence.append((name, found))
     return evidence
+
+
+def _needs(rule: Rule) -> frozenset[str]:
+    """What a record must have (in `Facts.present`'s terms) for `rule` to fire: each of these
+    conditions fails on a record without it, so the rule is not even tried on one."""
+    needs = {"bank_match": "matches", "score": "scores", "reports": "reports", "account": "account"}
+    found = {needs[name] for name in rule.when if name in needs}
+    if rule.when.get("media_error") is True:
+        found.add("media_error")
+    if rule.when.get("incident_active") is True:
+        found.add("incident_active")
+    if rule.when.get("incident_category") is True:
+        found.add("incidents")
+    return frozenset(found)
 
 
 def _kind(cond: list[str], facts: Facts, _: Any) -> Any:

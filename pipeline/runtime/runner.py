@@ -109,10 +109,6 @@ class _InFlight:
         return self.pending <= 0
 
 
-# (topic, partition, offset) -> (key, value) of the messages in a batch, for dead letters.
-_RawIndex = dict[tuple[str, int, int], tuple[bytes | None, bytes | None]]
-
-
 class DeliveryFailed(Exception):
     """A produced record was not acknowledged; the batch must be redone."""
 
@@ -164,6 +160,7 @@ class Runner:
             settings.topic(topic)  # raises on an unknown topic
         self._before_commit = before_commit
         self._topics = {short: settings.topic(short) for short in TOPICS}
+        self._short_names: dict[str, str] = {}  # full topic name -> short name, as met
         self._stop = threading.Event()
         self.heartbeat = metrics.Heartbeat()
         self.assigned: set[_Partition] = set()
@@ -505,34 +502,37 @@ class Runner:
         out: list[_Encoded] = []
         batch: list[Incoming] = []
         consumed: list[Message] = []
-        raw: _RawIndex = {}
         deferred: dict[_Partition, tuple[int, int]] = {}
         counts: Counter[str] = Counter()
         now = now_ms()
+        decode, short_names = self.codec.decode, self._short_names
         for m in messages:
             full_topic, partition, offset = _where(m)
-            if (full_topic, partition) in deferred:
+            if deferred and (full_topic, partition) in deferred:
                 continue  # held from an earlier record of this partition on
-            topic = self.settings.short_name(full_topic)
+            topic = short_names.get(full_topic) or short_names.setdefault(
+                full_topic, self.settings.short_name(full_topic)
+            )
+            raw = m.value()
             try:
-                value = self.codec.decode(TOPICS[topic], m.value())
+                value = decode(TOPICS[topic], raw)
             except DecodeError as exc:
-                out.append(self._dead_letter(topic, partition, offset, m.key(), m.value(), "decode", exc))
+                out.append(self._dead_letter(topic, partition, offset, m.key(), raw, "decode", exc))
                 consumed.append(m)
                 counts[topic] += 1
                 continue
-            record = Incoming(topic, m.key(), value, partition, offset, m.value())
-            due = self._due(record) if topic in self._not_before else None
-            if due is not None and due > now:
-                deferred[(full_topic, partition)] = (offset, due)
-                continue
-            raw[(topic, partition, offset)] = (m.key(), m.value())
+            record = Incoming(topic, m.key(), value, partition, offset, raw)
+            if topic in self._not_before:
+                due = self._due(record)
+                if due is not None and due > now:
+                    deferred[(full_topic, partition)] = (offset, due)
+                    continue
             batch.append(record)
             consumed.append(m)
             counts[topic] += 1
         for topic, n in counts.items():
             metrics.RECORDS_IN.labels(self.name, topic).inc(n)
-        out.extend(self._run_chain(batch, raw))
+        out.extend(self._run_chain(batch))
         return Processed(out, consumed, deferred)
 
     def _due(self, record: Incoming) -> int | None:
@@ -542,12 +542,16 @@ class Runner:
                 return due
         return None
 
-    def _run_chain(self, batch: list[Incoming], raw: _RawIndex) -> list[_Encoded]:
+    def _run_chain(self, batch: list[Incoming]) -> list[_Encoded]:
         out: list[_Encoded] = []
         pending = batch
         for index, stage in enumerate(self.stages):
-            mine = [r for r in pending if r.topic in stage.inputs]
-            pending = [r for r in pending if r.topic not in stage.inputs]
+            topics = {r.topic for r in pending}
+            if topics <= set(stage.inputs):  # the usual case in a chain: all of them are this stage's
+                mine, pending = pending, []
+            else:
+                mine = [r for r in pending if r.topic in stage.inputs]
+                pending = [r for r in pending if r.topic not in stage.inputs]
             if not mine:
                 continue
             try:
@@ -559,7 +563,7 @@ class Runner:
                     try:
                         h, e = self._apply(index, [record])
                     except Exception as exc:  # one bad record must not stop the stage
-                        key, value = self._raw_of(record, raw)
+                        key, value = self._raw_of(record)
                         out.append(
                             self._dead_letter(
                                 record.topic,
@@ -582,37 +586,40 @@ class Runner:
     def _apply(self, index: int, records: list[Incoming]) -> tuple[list[Incoming], list[_Encoded]]:
         """Runs stage `index` on records: outputs for later stages stay in memory, others are encoded."""
         origin = records[0]
+        internal = self._internal[index]
         handed: list[Incoming] = []
         encoded: list[_Encoded] = []
+        limit = self.settings.message_max_bytes
         for o in self.stages[index].process(records):
-            if o.topic in self._internal[index]:
+            if o.topic in internal:
                 handed.append(Incoming(o.topic, _key_bytes(o.key), o.value or {}, origin.partition, origin.offset))
                 continue
             e = self._encode(o)
             if o.topic == "dlq":  # a dead letter the stage wrote itself
                 metrics.ERRORS.labels(self.stages[index].name, str((o.value or {}).get("error_type"))).inc()
-            if e.value is not None and len(e.value) > self.settings.message_max_bytes:
+            if e.value is not None and len(e.value) > limit:
                 raise OutputTooLarge(
                     f"a {len(e.value)}-byte record for {o.topic} exceeds the message limit of "
-                    f"{self.settings.message_max_bytes} bytes (MODSTREAM_MESSAGE_MAX_BYTES)"
+                    f"{limit} bytes (MODSTREAM_MESSAGE_MAX_BYTES)"
                 )
             encoded.append(e)
         return handed, encoded
 
-    def _raw_of(self, record: Incoming, raw: _RawIndex) -> tuple[bytes | None, bytes | None]:
-        found = raw.get((record.topic, record.partition, record.offset))
-        if found is not None:
-            return found
+    def _raw_of(self, record: Incoming) -> tuple[bytes | None, bytes | None]:
+        if record.raw is not None:  # as consumed
+            return record.key, record.raw
         # A record handed over in memory: dead-letter its encoded form, which can be replayed.
         return record.key, self.codec.encode(TOPICS[record.topic], record.value)
 
     def _encode(self, o: Output) -> _Encoded:
-        value = None if o.value is None else self.codec.encode(TOPICS[o.topic], o.value, self._subject(o.topic))
-        occurred = (o.value or {}).get("envelope", {}) or {}
-        return _Encoded(o.topic, _key_bytes(o.key), value, occurred.get("occurred_at"))
+        if o.value is None:
+            return _Encoded(o.topic, _key_bytes(o.key), None, None)
+        value = self.codec.encode(TOPICS[o.topic], o.value, self._subject(o.topic))
+        envelope = o.value.get("envelope")
+        return _Encoded(o.topic, _key_bytes(o.key), value, envelope.get("occurred_at") if envelope else None)
 
     def _subject(self, topic: str) -> str:
-        return f"{self.settings.topic(topic)}-value"
+        return f"{self._topics[topic]}-value"
 
     def _dead_letter(
         self,

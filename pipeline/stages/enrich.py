@@ -101,11 +101,13 @@ def check_envelope(event: Record, now: int | None = None) -> None:
     env = event["envelope"]
     if not env["event_id"].strip():
         raise StageError("envelope.event_id is empty")
-    ids = {f"envelope.{name}": env.get(name) for name in ID_FIELDS}
-    ids["reporter_id"] = event.get("reporter_id")
-    for name, value in ids.items():
-        if isinstance(value, str) and len(value) > MAX_ID_CHARS:
-            raise StageError(f"{name} is {len(value)} characters long; the limit is {MAX_ID_CHARS}")
+    for name in ID_FIELDS:
+        value = env.get(name)
+        if value is not None and len(value) > MAX_ID_CHARS:
+            raise StageError(f"envelope.{name} is {len(value)} characters long; the limit is {MAX_ID_CHARS}")
+    reporter = event.get("reporter_id")
+    if reporter is not None and len(reporter) > MAX_ID_CHARS:
+        raise StageError(f"reporter_id is {len(reporter)} characters long; the limit is {MAX_ID_CHARS}")
     occurred = env["occurred_at"]
     if occurred < 0:
         raise StageError(f"envelope.occurred_at {occurred} is negative (before 1970)")
@@ -146,11 +148,12 @@ class EnrichStage:
         self._pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="fetch")
 
     def process(self, batch: Sequence[Incoming]) -> list[Output]:
-        valid, refused = [], []
+        valid, given, refused = [], [], []
+        now = now_ms()
         for incoming in batch:
             try:
-                check_envelope(incoming.value)
-                given_signals(incoming.value)
+                check_envelope(incoming.value, now)
+                given.append(given_signals(incoming.value))
             except StageError as exc:
                 logger.warning("enrich refuses %s[%d]@%d: %s", incoming.topic, incoming.partition, incoming.offset, exc)
                 refused.append(dead_letter(incoming, self.name, "process", f"StageError: {exc}", self.topic_prefix))
@@ -174,7 +177,7 @@ class EnrichStage:
                     record["media_error"] = str(exc)
                 if self.media is not None and 0 < len(data) <= self.limits.max_bytes:
                     record["media_ref"] = self.media.put(data)
-            record["signals"] += given_signals(valid[i].value)
+            record["signals"] += given[i]
             record["stages"] = ["enrich"]
             records[i] = without_inline_media(record)
         if self.content is not None:

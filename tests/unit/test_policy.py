@@ -120,3 +120,59 @@ def test_policy_file_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text("rules: [")
     with pytest.raises(PolicyError, match="cannot read policy"):
         load_policy(bad)
+
+
+def test_rules_a_record_cannot_satisfy_are_skipped_without_changing_any_outcome() -> None:
+    """The engine tries only the rules whose conditions the record can meet (no bank match
+    condition without matches, and so on); on random records it decides exactly as trying
+    every rule of the policy in order does."""
+    import random
+
+    from pipeline.policy.engine import _fires, _outcome, incident_of
+
+    policy = load_policy(DEFAULT_POLICY, REGISTRY)
+    rng = random.Random(5)
+    banks = ["b", "benign.news", "partner-review.x", "removed"]
+    incidents = ({"incident_id": "i1", "category": "terrorism"},)
+    live = {"envelope": envelope("p", stream_id="s"), "kind": "frame", "frame_index": 1, "frame_b64": None}
+    seen = set()
+    for _ in range(3000):
+        kind = rng.choice(["upload", "report", "live"])
+        matches = [
+            {
+                **match(rng.choice(["critical", "high", "low"]), rng.choice(["terrorism", "hate"]), rng.randrange(40)),
+                "bank": rng.choice(banks),
+                "signal_type": rng.choice(["pdq", "sha256"]),
+            }
+            for _ in range(rng.choice([0, 0, 1, 2]))
+        ]
+        scores = [
+            {"model": "text-default", "label": rng.choice(["violent_extremism", "hate"]), "score": rng.random()}
+            for _ in range(rng.choice([0, 0, 1]))
+        ]
+        account = rng.choice(
+            [None, {"user_id": "u", "identity_verified": rng.random() < 0.5, "strikes": 1, "live_suspended": False}]
+        )
+        r = record(
+            kind,
+            matches=matches,
+            scores=scores,
+            account=account,
+            media_error=rng.choice([None, None, "too big"]),
+            live=live if kind == "live" else None,
+        )
+        agg = rng.choice([None, {"distinct_reporters": rng.randrange(1, 5), "trust": 1.0, "reasons": {"terrorism": 2}}])
+        active = rng.random() < 0.3
+        facts = Facts(r, agg, active, incidents if active else ())
+        expected = next(
+            (
+                _outcome(rule, ev, incident_of(rule, facts))
+                for rule in policy.rules
+                if (ev := _fires(rule, facts, REGISTRY)) is not None
+            ),
+            None,
+        ) or _outcome(policy.default, [], incident_of(policy.default, facts))
+        got = policy.evaluate(Facts(r, agg, active, incidents if active else ()))
+        assert got == expected
+        seen.add(got.rule.id)
+    assert len(seen) >= 12  # most rules fired somewhere
