@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/codec.py
 	$(BIN)/python bench/matching.py
 	$(BIN)/python bench/hashing.py
 	$(BIN)/python bench/classify.py
