@@ -76,7 +76,7 @@ class Rule:
     review_priority: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass
 class Facts:
     """What a rule can look at for one record."""
 
@@ -133,7 +133,7 @@ def incident_of(rule: Rule, facts: Facts) -> str | None:
     for m in facts.matches_nearest_first:
         if m.get("incident_id"):
             return str(m["incident_id"])
-    if not {"incident_active", "incident_category"} & set(rule.when) or not facts.incidents:
+    if not facts.incidents or not {"incident_active", "incident_category"} & set(rule.when):
         return None
     mine = [i for i in facts.incidents if i["category"] in facts.categories]
     return str((mine or list(facts.incidents))[0]["incident_id"])

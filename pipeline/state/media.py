@@ -148,10 +148,17 @@ def media_bytes(record: Record, store: MediaStore | None) -> bytes | None:
 
 
 def without_inline_media(record: Record) -> Record:
-    """The record with its event's inline media bytes (upload media, live frame) removed."""
+    """The record with its event's inline media bytes (upload media, live frame) removed
+    (a copy; the record itself when it carries none)."""
+    upload: Record = record.get("upload") or {}
+    live: Record = record.get("live") or {}
+    inline_upload = upload.get("media_b64") is not None
+    inline_frame = live.get("frame_b64") is not None
+    if not (inline_upload or inline_frame):
+        return record
     out = dict(record)
-    if out.get("upload") and out["upload"].get("media_b64") is not None:
-        out["upload"] = {**out["upload"], "media_b64": None}
-    if out.get("live") and out["live"].get("frame_b64") is not None:
-        out["live"] = {**out["live"], "frame_b64": None}
+    if inline_upload:
+        out["upload"] = {**upload, "media_b64": None}
+    if inline_frame:
+        out["live"] = {**live, "frame_b64": None}
     return out
