@@ -89,10 +89,11 @@ local function suspend(hash, list, until_, at, by, reason, entry, now, keep)
 end
 """
 
-# KEYS: hash, strike_events, suspensions. ARGV: event_id, suspend ('1'/'0'), until ('' =
-# until lifted), at, by, reason, entry, now, keep. Returns the strike count.
 # Every account of a batch in one call: redis-py's per-command cost dominated a pipeline of HGETALLs.
 _GET_ALL = "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end return out"
+
+# KEYS: hash, strike_events, suspensions. ARGV: event_id, suspend ('1'/'0'), until ('' =
+# until lifted), at, by, reason, entry, now, keep. Returns the strike count.
 _STRIKE = (
     _SUSPEND
     + """
