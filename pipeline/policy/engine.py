@@ -277,11 +277,14 @@ def _fires(rule: Rule, facts: Facts, registry: Mapping[tuple[str, str], Any]) ->
     return evidence
 
 
+# Conditions that fail on a record without this (in `Facts.present`'s terms), whatever they ask.
+_NEEDS = {"bank_match": "matches", "score": "scores", "reports": "reports", "account": "account"}
+
+
 def _needs(rule: Rule) -> frozenset[str]:
     """What a record must have (in `Facts.present`'s terms) for `rule` to fire: each of these
     conditions fails on a record without it, so the rule is not even tried on one."""
-    needs = {"bank_match": "matches", "score": "scores", "reports": "reports", "account": "account"}
-    found = {needs[name] for name in rule.when if name in needs}
+    found = {_NEEDS[name] for name in rule.when if name in _NEEDS}
     if rule.when.get("media_error") is True:
         found.add("media_error")
     if rule.when.get("incident_active") is True:

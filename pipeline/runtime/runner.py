@@ -546,8 +546,7 @@ class Runner:
         out: list[_Encoded] = []
         pending = batch
         for index, stage in enumerate(self.stages):
-            topics = {r.topic for r in pending}
-            if topics <= set(stage.inputs):  # the usual case in a chain: all of them are this stage's
+            if {r.topic for r in pending}.issubset(stage.inputs):  # the usual case: all are this stage's
                 mine, pending = pending, []
             else:
                 mine = [r for r in pending if r.topic in stage.inputs]

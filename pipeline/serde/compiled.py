@@ -17,7 +17,8 @@ no compiled functions and is always handled by fastavro.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 Encoder = Callable[[bytearray, dict[str, Any]], None]
@@ -98,11 +99,18 @@ class _Source:
             raise Unsupported(f"logical type {t['logicalType']}")
         return str(t["type"])
 
-    def named_scope(self, t: Any) -> str:
-        name = t.get("name", "") if isinstance(t, dict) else ""
+    @contextmanager
+    def expanding(self, record: dict[str, Any]) -> Iterator[None]:
+        """Marks a record type as being expanded inline; raises Unsupported if it already is
+        (a recursive type)."""
+        name = str(record.get("name", ""))
         if name in self._open:
             raise Unsupported(f"recursive type {name}")
-        return str(name)
+        self._open.append(name)
+        try:
+            yield
+        finally:
+            self._open.pop()
 
     def nullable(self, t: list[Any]) -> Any:
         """The other branch of a [null, X] or [X, null] union, and null's index."""
@@ -179,20 +187,17 @@ def _encode(src: _Source, t: Any, value: str, indent: int) -> None:
         src.line(indent, "else:")
         src.line(indent + 1, f"out.append({(1 - null_index) << 1})")
         _encode(src, other, value, indent + 1)
-        src.line(indent + 1, "pass")
     elif kind == "record":
-        name = src.named_scope(t)
-        src._open.append(name)
-        record = src.var("r")
-        src.line(indent, f"{record} = {value}")
-        for f in t["fields"]:
-            v = src.var("f")
-            if "default" in f:
-                src.line(indent, f"{v} = {record}.get({f['name']!r}, {src.const(f['default'])})")
-            else:
-                src.line(indent, f"{v} = {record}[{f['name']!r}]")
-            _encode(src, f["type"], v, indent)
-        src._open.pop()
+        with src.expanding(t):
+            record = src.var("r")
+            src.line(indent, f"{record} = {value}")
+            for f in t["fields"]:
+                v = src.var("f")
+                if "default" in f:
+                    src.line(indent, f"{v} = {record}.get({f['name']!r}, {src.const(f['default'])})")
+                else:
+                    src.line(indent, f"{v} = {record}[{f['name']!r}]")
+                _encode(src, f["type"], v, indent)
     else:
         raise Unsupported(f"type {kind}")
 
@@ -269,15 +274,13 @@ def _decode(src: _Source, t: Any, target: str, indent: int) -> None:
         _decode(src, other, target, indent + 1)
         src.line(indent, "else: raise ValueError('bad union index')")
     elif kind == "record":
-        name = src.named_scope(t)
-        src._open.append(name)
-        fields = []
-        for f in t["fields"]:
-            v = src.var("f")
-            _decode(src, f["type"], v, indent)
-            fields.append(f"{f['name']!r}: {v}")
-        src.line(indent, f"{target} = {{{', '.join(fields)}}}")
-        src._open.pop()
+        with src.expanding(t):
+            fields = []
+            for f in t["fields"]:
+                v = src.var("f")
+                _decode(src, f["type"], v, indent)
+                fields.append(f"{f['name']!r}: {v}")
+            src.line(indent, f"{target} = {{{', '.join(fields)}}}")
     else:
         raise Unsupported(f"type {kind}")
 
