@@ -76,6 +76,25 @@ class Rule:
     review_priority: int = 1
 
 
+class _lazy:
+    """A per-instance cached attribute, like functools.cached_property without its lock
+    (Python 3.11 takes a lock on every first read; a Facts is built per record and read on
+    one thread)."""
+
+    def __init__(self, compute: Callable[[Any], Any]) -> None:
+        self.compute = compute
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
+
+
 @dataclass
 class Facts:
     """What a rule can look at for one record."""
@@ -85,7 +104,7 @@ class Facts:
     incident_active: bool = False
     incidents: tuple[Record, ...] = ()  # the active incidents, newest first
 
-    @cached_property
+    @_lazy
     def present(self) -> frozenset[str]:
         """What the record has of what conditions look at (see `_needs`)."""
         r = self.record
@@ -100,18 +119,18 @@ class Facts:
         )
         return frozenset(name for name, value in there if value)
 
-    @cached_property
+    @_lazy
     def categories(self) -> set[str]:
         """What the record is about, by its evidence: its matches' categories, report reasons."""
         found = {m["category"] for m in self.record["matches"]}
         return found | set((self.reports or {}).get("reasons") or ())
 
     # Sorted once per record, however many rules look at them.
-    @cached_property
+    @_lazy
     def matches_nearest_first(self) -> list[Record]:
         return sorted(self.record["matches"], key=lambda m: m["distance"])
 
-    @cached_property
+    @_lazy
     def scores_highest_first(self) -> list[Record]:
         return sorted(self.record["scores"], key=lambda s: -s["score"])
 

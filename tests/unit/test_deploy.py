@@ -186,10 +186,11 @@ def code_metrics() -> dict[str, set[str]]:
         if not name.startswith("pipeline"):
             continue
         for obj in vars(module).values():
-            if isinstance(obj, MetricWrapperBase):
+            if isinstance(obj, MetricWrapperBase | metrics.BatchHistogram):
                 family = next(iter(obj.describe()))
                 assert registered.get(family.name) == family.type, f"{family.name} is not in the registry"
-                labels = set(obj._labelnames)  # prometheus_client keeps the label names here
+                # prometheus_client keeps the label names in _labelnames
+                labels = set(obj.labelnames if isinstance(obj, metrics.BatchHistogram) else obj._labelnames)
                 for suffix in suffixes[family.type]:
                     out[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     return out
