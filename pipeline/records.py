@@ -26,7 +26,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 Record = dict[str, Any]
@@ -51,7 +51,6 @@ class Output:
     topic: str
     key: str | bytes | None
     value: Record | None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Stage(Protocol):

@@ -82,6 +82,8 @@ class Processed:
     outputs: list[_Encoded]
     consumed: list[Message]
     deferred: dict[_Partition, tuple[int, int]] = field(default_factory=dict)  # -> (offset, due_ms)
+    first: dict[_Partition, int] = field(default_factory=dict)  # first offset consumed, per partition
+    next: dict[_Partition, int] = field(default_factory=dict)  # the offset after the last one consumed
 
 
 class _InFlight:
@@ -89,13 +91,9 @@ class _InFlight:
 
     __slots__ = ("first", "next", "pending", "error", "outputs")
 
-    def __init__(self, consumed: list[Message], outputs: list[_Encoded]) -> None:
-        self.first: dict[_Partition, int] = {}
-        self.next: dict[_Partition, int] = {}
-        for m in consumed:
-            topic, partition, offset = _where(m)
-            self.first.setdefault((topic, partition), offset)
-            self.next[(topic, partition)] = offset + 1
+    def __init__(self, first: dict[_Partition, int], next: dict[_Partition, int], outputs: list[_Encoded]) -> None:
+        self.first = first
+        self.next = next
         self.pending = len(outputs)
         self.error: str | None = None
         self.outputs = outputs
@@ -161,6 +159,7 @@ class Runner:
             settings.topic(topic)  # raises on an unknown topic
         self._before_commit = before_commit
         self._topics = {short: settings.topic(short) for short in TOPICS}
+        self._subjects = {short: f"{full}-value" for short, full in self._topics.items()}
         self._short_names: dict[str, str] = {}  # full topic name -> short name, as met
         self._stop = threading.Event()
         self.heartbeat = metrics.Heartbeat()
@@ -318,7 +317,7 @@ class Runner:
         assert self._producer is not None
         done = self.process(messages)
         self._hold(done.deferred)
-        batch = _InFlight(done.consumed, done.outputs)
+        batch = _InFlight(done.first, done.next, done.outputs)
         self._in_flight.append(batch)
         self._produce(done.outputs, batch.on_delivery)
         while len(self._in_flight) > MAX_IN_FLIGHT:  # backpressure: wait for acknowledgements
@@ -391,7 +390,7 @@ class Runner:
         self._flush(FLUSH_TIMEOUT_S)
         rewind: dict[_Partition, int] = {}
         failed = False
-        for batch in [*self._in_flight, _InFlight(messages, [])]:
+        for batch in [*self._in_flight, _InFlight(*_offsets(messages), [])]:
             if not failed and batch.done and batch.error is None:
                 self._committable.update(batch.next)
                 continue
@@ -441,10 +440,9 @@ class Runner:
             if self._before_commit:
                 producer.flush(30)
                 self._before_commit()
-            if done.consumed:
-                producer.send_offsets_to_transaction(
-                    self._next_offsets(done.consumed), self._consumer.consumer_group_metadata(), 30
-                )
+            if done.next:
+                offsets = [TopicPartition(t, p, o) for (t, p), o in done.next.items()]
+                producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(60)
         except KafkaException as exc:
             error = exc.args[0]
@@ -488,14 +486,6 @@ class Runner:
         for topic, seconds in by_topic.items():
             metrics.E2E_SECONDS.observe_many((self.name, topic), seconds)
 
-    @staticmethod
-    def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
-        last: dict[_Partition, int] = {}
-        for m in messages:
-            topic, partition, offset = _where(m)
-            last[(topic, partition)] = offset
-        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-
     # ---- decode, process, encode (no Kafka I/O) --------------------------
     def process_messages(self, messages: Sequence[Message]) -> list[_Encoded]:
         """Steps 3 and 4 for a batch of raw messages; returns what to produce."""
@@ -507,12 +497,16 @@ class Runner:
         batch: list[Incoming] = []
         consumed: list[Message] = []
         deferred: dict[_Partition, tuple[int, int]] = {}
+        first: dict[_Partition, int] = {}
+        next_offsets: dict[_Partition, int] = {}
         counts: Counter[str] = Counter()
         now = now_ms()
         decode, short_names = self.codec.decode, self._short_names
         for m in messages:
-            full_topic, partition, offset = _where(m)
-            if deferred and (full_topic, partition) in deferred:
+            full_topic, partition, offset = m.topic(), m.partition(), m.offset()
+            assert full_topic is not None and partition is not None and offset is not None  # a consumed message
+            where = (full_topic, partition)
+            if deferred and where in deferred:
                 continue  # held from an earlier record of this partition on
             topic = short_names.get(full_topic) or short_names.setdefault(
                 full_topic, self.settings.short_name(full_topic)
@@ -522,22 +516,23 @@ class Runner:
                 value = decode(TOPICS[topic], raw)
             except DecodeError as exc:
                 out.append(self._dead_letter(topic, partition, offset, m.key(), raw, "decode", exc))
-                consumed.append(m)
-                counts[topic] += 1
-                continue
-            record = Incoming(topic, m.key(), value, partition, offset, raw)
-            if topic in self._not_before:
-                due = self._due(record)
-                if due is not None and due > now:
-                    deferred[(full_topic, partition)] = (offset, due)
-                    continue
-            batch.append(record)
+            else:
+                record = Incoming(topic, m.key(), value, partition, offset, raw)
+                if topic in self._not_before:
+                    due = self._due(record)
+                    if due is not None and due > now:
+                        deferred[where] = (offset, due)
+                        continue
+                batch.append(record)
             consumed.append(m)
             counts[topic] += 1
+            if where not in first:
+                first[where] = offset
+            next_offsets[where] = offset + 1
         for topic, n in counts.items():
             metrics.RECORDS_IN.labels(self.name, topic).inc(n)
         out.extend(self._run_chain(batch))
-        return Processed(out, consumed, deferred)
+        return Processed(out, consumed, deferred, first, next_offsets)
 
     def _due(self, record: Incoming) -> int | None:
         for not_before in self._not_before[record.topic]:
@@ -617,12 +612,9 @@ class Runner:
     def _encode(self, o: Output) -> _Encoded:
         if o.value is None:
             return _Encoded(o.topic, _key_bytes(o.key), None, None)
-        value = self.codec.encode(TOPICS[o.topic], o.value, self._subject(o.topic))
+        value = self.codec.encode(TOPICS[o.topic], o.value, self._subjects[o.topic])
         envelope = o.value.get("envelope")
         return _Encoded(o.topic, _key_bytes(o.key), value, envelope.get("occurred_at") if envelope else None)
-
-    def _subject(self, topic: str) -> str:
-        return f"{self._topics[topic]}-value"
 
     def _dead_letter(
         self,
@@ -640,7 +632,7 @@ class Runner:
         reason = f"{type(exc).__name__}: {exc}"
         logger.warning("dead-lettering %s[%d]@%d in %s: %s", topic, partition, offset, stage, reason)
         letter = dead_letter_value(self.settings.topic(topic), partition, offset, key, value, stage, kind, reason)
-        return _Encoded("dlq", letter["key"], self.codec.encode("DeadLetter", letter, self._subject("dlq")), None)
+        return _Encoded("dlq", letter["key"], self.codec.encode("DeadLetter", letter, self._subjects["dlq"]), None)
 
 
 class _Refused:
@@ -653,9 +645,15 @@ class _Refused:
         return self._topic
 
 
-def _where(m: Message) -> tuple[str, int, int]:
-    """A consumed message's topic, partition and offset (typed as optional by the client)."""
-    return str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
+def _offsets(messages: list[Message]) -> tuple[dict[_Partition, int], dict[_Partition, int]]:
+    """The first offset of `messages` per partition, and the offset after the last."""
+    first: dict[_Partition, int] = {}
+    after: dict[_Partition, int] = {}
+    for m in messages:
+        where, offset = (str(m.topic()), int(m.partition() or 0)), int(m.offset() or 0)
+        first.setdefault(where, offset)
+        after[where] = offset + 1
+    return first, after
 
 
 def _key_bytes(key: str | bytes | None) -> bytes | None:

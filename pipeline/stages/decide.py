@@ -18,6 +18,7 @@ Readers of `mod.review` keep one task per task_id.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +121,7 @@ def shared_signals(signals: list[Record], d: Record) -> list[Output]:
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class _Decided:
     """What one record decided: its outputs, and the effects that wait until the whole batch is
     decided (so that a record that raises leaves no claim and no write behind)."""
@@ -151,27 +152,36 @@ class DecideStage:
         self.incidents = incidents
         # content_id -> event id of the report owning the item's review task (claims never change)
         self._owners: dict[str, str] = {}
+        self._aggregator = ThreadPoolExecutor(1, thread_name_prefix="decide-reports")
 
     def process(self, batch: Sequence[Incoming]) -> list[Output]:
-        records = [r.value for r in batch if r.topic != "review.verdicts"]
-        reported = [r for r in records if r["kind"] == "report" and r["envelope"].get("content_id")]
-        aggregates: dict[str, dict[str, Any]] = {}
-        if self.reports is not None and reported:
-            for r, agg in zip(reported, self.reports.add_reports([r["report"] for r in reported]), strict=True):
-                aggregates[r["envelope"]["event_id"]] = agg
         incidents = tuple(self.incidents())
-        # 1. Decide every record; nothing below this loop runs if one of them raises.
-        decided: list[_Decided] = []
-        for incoming in batch:
+        # 1. Decide every record; nothing below this loop runs if one of them raises. The
+        # reports' aggregation runs in Redis while the other records are decided.
+        decided: list[_Decided | None] = [None] * len(batch)
+        reported = [
+            i
+            for i, r in enumerate(batch)
+            if r.topic != "review.verdicts" and r.value["kind"] == "report" and r.value["envelope"].get("content_id")
+        ]
+        aggregating = None
+        if self.reports is not None and reported:
+            events = [batch[i].value["report"] for i in reported]
+            aggregating = self._aggregator.submit(self.reports.add_reports, events)
+        later = set(reported) if aggregating else set()
+        for i, incoming in enumerate(batch):
             if incoming.topic == "review.verdicts":
-                decided.append(self._verdict(incoming.value))
-            else:
-                agg = aggregates.get(incoming.value["envelope"]["event_id"])
-                decided.append(self._decide(incoming.value, agg, incidents))
+                decided[i] = self._verdict(incoming.value)
+            elif i not in later:
+                decided[i] = self._decide(incoming.value, None, incidents)
+        if aggregating is not None:
+            for i, agg in zip(reported, aggregating.result(), strict=True):
+                decided[i] = self._decide(batch[i].value, agg, incidents)
         # 2. Claim the reported items' review tasks; 3. the writes the decisions entail.
-        owners = self._claim([d.claim[:2] for d in decided if d.claim])
+        done = [d for d in decided if d is not None]
+        owners = self._claim([d.claim[:2] for d in done if d.claim])
         out: list[Output] = []
-        for d in decided:
+        for d in done:
             out += d.outputs
             if d.claim and owners[d.claim[0]] == d.claim[1]:
                 out.append(d.claim[2])

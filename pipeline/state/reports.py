@@ -9,8 +9,10 @@ Keys (all idempotent per event id, so redelivered reports count once):
 - modstream:item:{content_id}:events     set of report event ids already counted
 - modstream:reporter:{reporter_id}       hash: total, upheld (verdicts on items they reported)
 - modstream:deadlines                    sorted set content_id -> deadline (unresolved items)
-- modstream:content:{content_id}         the upload's signals and text (JSON), so a later
-                                         report can be matched and classified again
+- modstream:content:{week}               hash content_id -> the upload's signals and text (JSON),
+                                         so a later report can be matched and classified again;
+                                         one hash per week of remembering, expiring CONTENT_TTL_S
+                                         after its week ends (a batch is one HSET, not a SET each)
 Trust of a reporter: (upheld + 1) / (total + 2), 0.5 for a newcomer; an item's trust is the
 sum over its distinct reporters.
 
@@ -30,8 +32,22 @@ from pipeline.records import Record, now_ms
 
 DAY_MS = 24 * 3600 * 1000
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
-_SET_ALL_EX = "for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1]) end"
-CONTENT_TTL_S = 90 * 24 * 3600
+CONTENT_TTL_S = 90 * 24 * 3600  # content is remembered at least this long
+CONTENT_BUCKET_MS = 7 * DAY_MS
+CONTENT_BUCKETS = CONTENT_TTL_S * 1000 // CONTENT_BUCKET_MS + 2  # the buckets a recall may find it in
+# KEYS: the content buckets, newest first; ARGV: content ids. Answers each id's value or false.
+_RECALL = """
+local out = {}
+for i, cid in ipairs(ARGV) do
+  local v = false
+  for _, bucket in ipairs(KEYS) do
+    v = redis.call('HGET', bucket, cid)
+    if v then break end
+  end
+  out[i] = v
+end
+return out
+"""
 # ARGV: prefix, n, then n reports (content_id, event_id, first_reported_at, deadline, envelope,
 # reporter_id, reason), then the items to answer. A report counts once per event id. Answers,
 # per item: its reporters, its reasons (flat), its first_reported_at, deadline and actioned_at,
@@ -45,9 +61,9 @@ for i = 0, n - 1 do
     redis.call('SADD', item .. ':reporters', ARGV[b + 5])
     redis.call('HINCRBY', item .. ':reasons', ARGV[b + 6], 1)
   end
-  redis.call('HSETNX', item, 'first_reported_at', ARGV[b + 2])
-  redis.call('HSETNX', item, 'deadline', ARGV[b + 3])
-  redis.call('HSETNX', item, 'envelope', ARGV[b + 4])
+  if redis.call('HSETNX', item, 'first_reported_at', ARGV[b + 2]) == 1 then  -- the item's first report
+    redis.call('HSET', item, 'deadline', ARGV[b + 3], 'envelope', ARGV[b + 4])
+  end
   redis.call('ZADD', prefix .. 'deadlines', 'NX', ARGV[b + 3], cid)
 end
 local out = {}
@@ -101,6 +117,7 @@ class RedisReportStore:
         self.redis = client
         self.prefix = prefix
         self._script = client.register_script(_AGGREGATE)
+        self._recall = client.register_script(_RECALL)
 
     def _item(self, content_id: str) -> str:
         return f"{self.prefix}item:{content_id}"
@@ -211,28 +228,40 @@ class RedisReportStore:
         return Backlog(int(total), int(at_risk), int(overdue), int(oldest[0][1]) - DAY_MS if oldest else None)
 
     # ---- content store ------------------------------------------------------------------
+    def _bucket(self, week: int) -> str:
+        return f"{self.prefix}content:{week}"
+
     def remember_content(self, records: list[Record]) -> None:
+        """Remembers each upload's signals and text, by content id, for CONTENT_TTL_S or more.
+
+        One HSET into this week's hash for the whole batch: a SET (with its own expiry) per
+        upload cost Redis about seven times as much, in a script or a pipeline."""
         if not records:
             return
-        keys = [f"{self.prefix}content:{r['envelope']['content_id']}" for r in records]
-        values = [
-            orjson.dumps(
-                {
-                    "signals": r["signals"],
-                    "given": (r["upload"] or {}).get("signals") or [],  # brought by the event, not computed
-                    "text": (r["upload"] or {}).get("text"),
-                    "user_id": r["envelope"]["user_id"],
-                }
-            )
-            for r in records
-        ]
-        # One command for the batch: redis-py's per-command cost dominates a pipeline of SETs.
-        self.redis.eval(_SET_ALL_EX, len(keys), *keys, CONTENT_TTL_S, *values)
+        fields: list[str | bytes] = []
+        for r in records:
+            upload = r["upload"] or {}
+            value = {
+                "signals": r["signals"],
+                "given": upload.get("signals") or [],  # brought by the event, not computed
+                "text": upload.get("text"),
+                "user_id": r["envelope"]["user_id"],
+            }
+            fields += [r["envelope"]["content_id"], orjson.dumps(value)]
+        week = now_ms() // CONTENT_BUCKET_MS
+        bucket = self._bucket(week)
+        pipe = self.redis.pipeline(transaction=True)  # never a bucket without its expiry
+        pipe.hset(bucket, items=fields)
+        pipe.expireat(bucket, ((week + 1) * CONTENT_BUCKET_MS) // 1000 + CONTENT_TTL_S)
+        pipe.execute()
 
     def recall_content(self, content_ids: list[str]) -> list[dict[str, Any] | None]:
+        """What `remember_content` kept of each content id, newest first; None if nothing."""
         if not content_ids:
             return []
-        values = self.redis.mget([f"{self.prefix}content:{c}" for c in content_ids])
+        week = now_ms() // CONTENT_BUCKET_MS
+        buckets = [self._bucket(week - i) for i in range(CONTENT_BUCKETS)]
+        values = self._recall(keys=buckets, args=content_ids)
         return [orjson.loads(v) if v else None for v in values]
 
 

@@ -26,6 +26,7 @@ from pipeline.sdk import ModerationProducer
 from pipeline.serde import Codec
 from pipeline.stages.decide import DecideStage
 from pipeline.stages.enrich import moderation_record
+from pipeline.state import reports
 from pipeline.state.accounts import RedisAccountStore
 from pipeline.state.reports import RedisReportStore
 from tests.media import encode, photo
@@ -417,5 +418,44 @@ def test_review_claims_and_deadlines_in_redis_survive_redelivery_and_the_end_of_
         assert [o for o in DecideStage(load_policy(), store).process(reports("r3", "r4")) if o.topic == "review"] == []
         [(content_id, deadline, _)] = store.due(task["deadline"])
         assert (content_id, deadline) == ("c-eot", task["deadline"])
+    finally:
+        client.delete(*client.keys(prefix + "*"))
+
+
+def test_the_content_store_finds_content_remembered_up_to_its_ttl_ago(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = connect_redis(redis_url)
+    prefix = f"modstream-test-{uuid.uuid4().hex[:8]}:"
+    store = RedisReportStore(client, prefix)
+
+    def upload(content_id: str, text: str) -> dict:  # type: ignore[type-arg]
+        event = {"envelope": envelope("p", content_id=content_id, user_id="u1"), "text": text, "signals": None}
+        record = moderation_record("uploads", {**event, "media_b64": None, "media_uri": None, "media_type": None})
+        record["signals"] = [{"signal_type": "md5", "value": "0" * 32, "quality": None, "frame": None}]
+        return record
+
+    start = now_ms()
+    try:
+        monkeypatch.setattr(reports, "now_ms", lambda: start)
+        store.remember_content([upload("old", "first"), upload("both", "before")])
+        monkeypatch.setattr(reports, "now_ms", lambda: start + 40 * 24 * 3600 * 1000)  # weeks later
+        store.remember_content([upload("both", "after")])
+        monkeypatch.setattr(reports, "now_ms", lambda: start + (reports.CONTENT_TTL_S - 60) * 1000)
+        old, both, never = store.recall_content(["old", "both", "never"])
+        assert old is not None and (old["text"], old["user_id"], old["signals"][0]["signal_type"]) == (
+            "first",
+            "u1",
+            "md5",
+        )
+        assert both is not None and both["text"] == "after"  # the newest wins
+        assert never is None
+        # Each week's bucket expires CONTENT_TTL_S after the week ends, so nothing is kept for ever.
+        keys = client.keys(prefix + "content:*")
+        assert len(keys) == 2
+        for key in keys:
+            week_ends_s = (int(key.rsplit(":", 1)[1]) + 1) * reports.CONTENT_BUCKET_MS // 1000
+            expires_s = (time.time() * 1000 + client.pttl(key)) / 1000
+            assert abs(expires_s - (week_ends_s + reports.CONTENT_TTL_S)) < 5
     finally:
         client.delete(*client.keys(prefix + "*"))
