@@ -9,10 +9,12 @@ Keys (all idempotent per event id, so redelivered reports count once):
 - modstream:item:{content_id}:events     set of report event ids already counted
 - modstream:reporter:{reporter_id}       hash: total, upheld (verdicts on items they reported)
 - modstream:deadlines                    sorted set content_id -> deadline (unresolved items)
-- modstream:content:{week}               hash content_id -> the upload's signals and text (JSON),
+- modstream:content-week:{week}          hash content_id -> the upload's signals and text (JSON),
                                          so a later report can be matched and classified again;
                                          one hash per week of remembering, expiring CONTENT_TTL_S
-                                         after its week ends (a batch is one HSET, not a SET each)
+                                         after its week ends (a batch is one HSET, not a SET each).
+                                         Recall also reads modstream:content:{content_id}, the
+                                         key per upload that earlier versions wrote.
 Trust of a reporter: (upheld + 1) / (total + 2), 0.5 for a newcomer; an item's trust is the
 sum over its distinct reporters.
 
@@ -35,16 +37,17 @@ LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
 CONTENT_TTL_S = 90 * 24 * 3600  # content is remembered at least this long
 CONTENT_BUCKET_MS = 7 * DAY_MS
 CONTENT_BUCKETS = CONTENT_TTL_S * 1000 // CONTENT_BUCKET_MS + 2  # the buckets a recall may find it in
-# KEYS: the content buckets, newest first; ARGV: content ids. Answers each id's value or false.
+# KEYS: the content buckets, newest first; ARGV: the prefix, then content ids. Answers each
+# id's value or false.
 _RECALL = """
 local out = {}
-for i, cid in ipairs(ARGV) do
+for i = 2, #ARGV do
   local v = false
   for _, bucket in ipairs(KEYS) do
-    v = redis.call('HGET', bucket, cid)
+    v = redis.call('HGET', bucket, ARGV[i])
     if v then break end
   end
-  out[i] = v
+  out[i - 1] = v or redis.call('GET', ARGV[1] .. 'content:' .. ARGV[i])
 end
 return out
 """
@@ -229,7 +232,7 @@ class RedisReportStore:
 
     # ---- content store ------------------------------------------------------------------
     def _bucket(self, week: int) -> str:
-        return f"{self.prefix}content:{week}"
+        return f"{self.prefix}content-week:{week}"
 
     def remember_content(self, records: list[Record]) -> None:
         """Remembers each upload's signals and text, by content id, for CONTENT_TTL_S or more.
@@ -261,7 +264,7 @@ class RedisReportStore:
             return []
         week = now_ms() // CONTENT_BUCKET_MS
         buckets = [self._bucket(week - i) for i in range(CONTENT_BUCKETS)]
-        values = self._recall(keys=buckets, args=content_ids)
+        values = self._recall(keys=buckets, args=[self.prefix, *content_ids])
         return [orjson.loads(v) if v else None for v in values]
 
 

@@ -442,7 +442,10 @@ def test_the_content_store_finds_content_remembered_up_to_its_ttl_ago(
         monkeypatch.setattr(reports, "now_ms", lambda: start + 40 * 24 * 3600 * 1000)  # weeks later
         store.remember_content([upload("both", "after")])
         monkeypatch.setattr(reports, "now_ms", lambda: start + (reports.CONTENT_TTL_S - 60) * 1000)
-        old, both, never = store.recall_content(["old", "both", "never"])
+        legacy = {"signals": [], "given": [], "text": "kept by an earlier version", "user_id": "u2"}
+        client.set(prefix + "content:legacy", json.dumps(legacy))  # one key per upload, as before
+        old, both, never, earlier = store.recall_content(["old", "both", "never", "legacy"])
+        assert earlier == legacy
         assert old is not None and (old["text"], old["user_id"], old["signals"][0]["signal_type"]) == (
             "first",
             "u1",
@@ -451,7 +454,7 @@ def test_the_content_store_finds_content_remembered_up_to_its_ttl_ago(
         assert both is not None and both["text"] == "after"  # the newest wins
         assert never is None
         # Each week's bucket expires CONTENT_TTL_S after the week ends, so nothing is kept for ever.
-        keys = client.keys(prefix + "content:*")
+        keys = client.keys(prefix + "content-week:*")
         assert len(keys) == 2
         for key in keys:
             week_ends_s = (int(key.rsplit(":", 1)[1]) + 1) * reports.CONTENT_BUCKET_MS // 1000
