@@ -158,7 +158,7 @@ class DecideStage:
         incidents = tuple(self.incidents())
         # 1. Decide every record; nothing below this loop runs if one of them raises. The
         # reports' aggregation runs in Redis while the other records are decided.
-        decided: list[_Decided | None] = [None] * len(batch)
+        decided: dict[int, _Decided] = {}  # by the record's place in the batch
         reported = [
             i
             for i, r in enumerate(batch)
@@ -178,7 +178,7 @@ class DecideStage:
             for i, agg in zip(reported, aggregating.result(), strict=True):
                 decided[i] = self._decide(batch[i].value, agg, incidents)
         # 2. Claim the reported items' review tasks; 3. the writes the decisions entail.
-        done = [d for d in decided if d is not None]
+        done = [decided[i] for i in range(len(batch))]
         owners = self._claim([d.claim[:2] for d in done if d.claim])
         out: list[Output] = []
         for d in done:

@@ -117,3 +117,25 @@ def test_a_report_at_the_end_of_time_gets_a_deadline_that_fits_a_long() -> None:
     upload["media_error"] = "unsupported media"
     [task] = tasks(DecideStage(POLICY).process([Incoming("classified", b"c2", upload)]))
     assert codec.decode("ReviewTask", codec.encode("ReviewTask", task))["deadline"] <= task["created_at"] + DAY_MS
+
+
+def test_uploads_decided_while_reports_aggregate_keep_the_batch_order() -> None:
+    """decide aggregates a batch's reports on another thread while it decides the uploads; its
+    outputs still follow the batch, and each report is decided with its item's aggregate."""
+    store = FakeReports()
+    uploads = [
+        Incoming("classified", b"u", moderation_record("uploads", upload_event(f"u{i}")), 0, i) for i in range(3)
+    ]
+    reports = classified([report(f"r{i}") for i in range(3)])
+    batch = [uploads[0], reports[0], uploads[1], reports[1], reports[2], uploads[2]]
+    out = DecideStage(POLICY, store).process(batch)
+    decisions = [o.value for o in out if o.topic == "decisions" and o.value is not None]
+    assert [d["envelope"]["event_id"] for d in decisions] == [r.value["envelope"]["event_id"] for r in batch]
+    assert [d["kind"] for d in decisions] == ["upload", "report", "upload", "report", "report", "upload"]
+    assert store.reporters["c1"] == {"r0", "r1", "r2"}
+    assert len(tasks(out)) == 1  # three reports on one item: one review task
+
+
+def upload_event(content_id: str) -> Record:
+    env = envelope("p", content_id=content_id, user_id="u1")
+    return {"envelope": env, "media_b64": None, "media_uri": None, "media_type": None, "text": "hi", "signals": None}
