@@ -37,6 +37,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from bench.e2e import percentile  # noqa: E402
+from bench.passthrough import PRODUCER  # noqa: E402
 from pipeline.dev import services  # noqa: E402
 
 PASSTHROUGH = str(ROOT / "bench" / "passthrough.py")
@@ -131,15 +132,7 @@ def measure(bootstrap: str, partitions: int, hops: int, args: argparse.Namespace
             )
     reader = Reader(bootstrap, sink if hops == 2 else source, args.fetch_wait_ms)
     reader.start()
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "lz4",
-        }
-    )
+    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER})
     try:
         if not reader.assigned.wait(30):
             raise RuntimeError("the reader got no partitions")

@@ -17,6 +17,8 @@ BATCH_SIZE = int(os.environ.get("MODSTREAM_BATCH_SIZE", "500"))
 # faust's take() holds a batch until it is full or `within` has passed; the runner instead takes
 # what is already fetched. The closest faust gets: a short `within`, the fetch wait by default.
 FAUST_WITHIN_S = float(os.environ.get("BENCH_FAUST_WITHIN_S", str(max(FETCH_WAIT_MS, 1) / 1000)))
+# The plain loop's producer: the settings the runner's producer has (pipeline.config).
+PRODUCER = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"}
 
 
 def confluent_loop(bootstrap: str, sources: list[str], sink: str) -> None:
@@ -32,15 +34,7 @@ def confluent_loop(bootstrap: str, sources: list[str], sink: str) -> None:
             "fetch.wait.max.ms": FETCH_WAIT_MS,
         }
     )
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "lz4",
-        }
-    )
+    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER})
     running = True
 
     def stop(*_: object) -> None:
