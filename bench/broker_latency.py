@@ -1,5 +1,5 @@
 """Minimal reproduction: the latency the embedded broker (Tansu) alone puts under a record, with
-plain confluent-kafka clients and no modstream code in the path.
+plain confluent-kafka clients and no modstream stage in the path.
 
 - one hop: producer -> topic A -> reader;
 - two hops (what bench/pipeline.py's latency covers): producer -> topic A -> a do-nothing
@@ -7,8 +7,8 @@ plain confluent-kafka clients and no modstream code in the path.
 
 The producer has the settings of bench/passthrough.py (idempotence, acks=all, linger.ms=5, lz4)
 and sends keyed records of about 150 bytes, each carrying its send time, at a fixed rate, paced
-in steps of about 1 ms as bench/e2e.py's `send` does. The reader (a thread, as bench/e2e.py's
-OutputReader) is a group consumer with the runner's settings (fetch.wait.max.ms, no
+in steps of about 1 ms as bench/e2e.py's `send` does. The reader is bench/e2e.py's
+OutputReader: a consumer with the runner's settings (fetch.wait.max.ms, no
 auto-commit, read_committed); latency = the time a record is read back minus its send time.
 Every consumer, the pass-through's included, uses --fetch-wait-ms (the embedded default: 10).
 Topics have 1 partition and as many as bench/pipeline.py uses by default (3).
@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,61 +32,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 
-from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
-from bench.e2e import percentile  # noqa: E402
+from bench.e2e import OutputReader, percentile  # noqa: E402
 from bench.passthrough import PRODUCER  # noqa: E402
+from pipeline.config import Settings  # noqa: E402
 from pipeline.dev import services  # noqa: E402
 
 PASSTHROUGH = str(ROOT / "bench" / "passthrough.py")
 PADDING = os.urandom(64).hex()  # fills each value up to about 150 bytes
 VALUE_BYTES = 150
-
-
-class Reader(threading.Thread):
-    """A group consumer on `topic` that timestamps each record (wall clock, s) when read back;
-    values are parsed only afterwards."""
-
-    def __init__(self, bootstrap: str, topic: str, fetch_wait_ms: int) -> None:
-        super().__init__(daemon=True)
-        self.conf = {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{topic}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "session.timeout.ms": services.EMBEDDED_SESSION_TIMEOUT_MS,
-            "fetch.wait.max.ms": fetch_wait_ms,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": False,
-        }
-        self.topic = topic
-        self.arrivals: list[tuple[float, bytes]] = []
-        self.assigned = threading.Event()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        consumer = Consumer(self.conf)
-        consumer.subscribe([self.topic], on_assign=self.on_assign)
-        while not self.done.is_set():
-            first = consumer.poll(0.05)
-            if first is None:
-                continue
-            messages = [first, *consumer.consume(999, 0)]
-            now = time.time()
-            self.arrivals.extend((now, m.value() or b"") for m in messages if not m.error())
-        consumer.close()
-
-    def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if partitions:
-            self.assigned.set()
-
-    def wait_for(self, n: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while len(self.arrivals) < n and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return len(self.arrivals) >= n
 
 
 def produce(producer: Producer, topic: str, phase: int, seq: int) -> None:
@@ -130,7 +85,13 @@ def measure(bootstrap: str, partitions: int, hops: int, args: argparse.Namespace
             relay = subprocess.Popen(
                 [sys.executable, PASSTHROUGH, "confluent", bootstrap, source, sink], env=env, stdout=out, stderr=out
             )
-    reader = Reader(bootstrap, sink if hops == 2 else source, args.fetch_wait_ms)
+    settings = Settings(
+        bootstrap_servers=bootstrap,
+        session_timeout_ms=services.EMBEDDED_SESSION_TIMEOUT_MS,
+        fetch_wait_max_ms=args.fetch_wait_ms,
+    )
+    reader = OutputReader(settings, sink if hops == 2 else source)
+    reader.keep_values = True
     reader.start()
     producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER})
     try:
@@ -147,21 +108,20 @@ def measure(bootstrap: str, partitions: int, hops: int, args: argparse.Namespace
             raise RuntimeError("the warm-up did not come out")
         time.sleep(0.5)
         for rate in args.rates:
-            base = len(reader.arrivals)
+            base = len(reader.values)
             n, achieved = send(producer, source, rate, args.seconds)
             reader.wait_for(base + n, 30)
             time.sleep(3 * args.fetch_wait_ms / 1000 + 0.2)  # stragglers (duplicates would show)
             lat = sorted(
                 arrived * 1000 - float(value.split()[2]) * 1000
-                for arrived, value in reader.arrivals[base:]
+                for arrived, value in reader.values[base:]
                 if value.split()[0] == str(rate).encode()
             )
             p50, p99, top = (percentile(lat, q) for q in (0.5, 0.99, 1.0))
             row = f"{partitions:>10} {hops:>4} {rate:>7,} {achieved:>9,.0f} {len(lat):>7,}/{n:<7,} "
             print(row + f"{p50:>7.1f} {p99:>7.1f} {top:>7.1f}", flush=True)
     finally:
-        reader.done.set()
-        reader.join(10)
+        reader.stop()
         if relay is not None:
             relay.terminate()
             try:
