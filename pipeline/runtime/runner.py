@@ -497,16 +497,12 @@ class Runner:
         batch: list[Incoming] = []
         consumed: list[Message] = []
         deferred: dict[_Partition, tuple[int, int]] = {}
-        first: dict[_Partition, int] = {}
-        next_offsets: dict[_Partition, int] = {}
         counts: Counter[str] = Counter()
         now = now_ms()
         decode, short_names = self.codec.decode, self._short_names
         for m in messages:
-            full_topic, partition, offset = m.topic(), m.partition(), m.offset()
-            assert full_topic is not None and partition is not None and offset is not None  # a consumed message
-            where = (full_topic, partition)
-            if deferred and where in deferred:
+            full_topic, partition, offset = _where(m)
+            if deferred and (full_topic, partition) in deferred:
                 continue  # held from an earlier record of this partition on
             topic = short_names.get(full_topic) or short_names.setdefault(
                 full_topic, self.settings.short_name(full_topic)
@@ -521,18 +517,15 @@ class Runner:
                 if topic in self._not_before:
                     due = self._due(record)
                     if due is not None and due > now:
-                        deferred[where] = (offset, due)
+                        deferred[(full_topic, partition)] = (offset, due)
                         continue
                 batch.append(record)
             consumed.append(m)
             counts[topic] += 1
-            if where not in first:
-                first[where] = offset
-            next_offsets[where] = offset + 1
         for topic, n in counts.items():
             metrics.RECORDS_IN.labels(self.name, topic).inc(n)
         out.extend(self._run_chain(batch))
-        return Processed(out, consumed, deferred, first, next_offsets)
+        return Processed(out, consumed, deferred, *_offsets(consumed))
 
     def _due(self, record: Incoming) -> int | None:
         for not_before in self._not_before[record.topic]:
@@ -645,14 +638,19 @@ class _Refused:
         return self._topic
 
 
+def _where(m: Message) -> tuple[str, int, int]:
+    """A consumed message's topic, partition and offset (typed as optional by the client)."""
+    return str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
+
+
 def _offsets(messages: list[Message]) -> tuple[dict[_Partition, int], dict[_Partition, int]]:
     """The first offset of `messages` per partition, and the offset after the last."""
     first: dict[_Partition, int] = {}
     after: dict[_Partition, int] = {}
     for m in messages:
-        where, offset = (str(m.topic()), int(m.partition() or 0)), int(m.offset() or 0)
-        first.setdefault(where, offset)
-        after[where] = offset + 1
+        topic, partition, offset = _where(m)
+        first.setdefault((topic, partition), offset)
+        after[(topic, partition)] = offset + 1
     return first, after
 
 
