@@ -2,7 +2,12 @@
 topic) as a plain confluent-kafka loop and as a faust-streaming agent, both with the runner's
 batching: up to MODSTREAM_BATCH_SIZE records at a time.
 
-    python bench/passthrough.py confluent|faust BOOTSTRAP IN_TOPIC[,IN_TOPIC...] OUT_TOPIC
+`avro` is the plain loop plus the least Avro work any pipeline that decides on events must do:
+each event is decoded by its topic's schema and a Decision is encoded for it (allow, no rule),
+with modstream's Codec. It is the floor of such a pipeline in Python, beside which the
+stages' own cost can be read.
+
+    python bench/passthrough.py confluent|avro|faust BOOTSTRAP IN_TOPIC[,IN_TOPIC...] OUT_TOPIC
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ FAUST_WITHIN_S = float(os.environ.get("BENCH_FAUST_WITHIN_S", str(max(FETCH_WAIT
 PRODUCER = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"}
 
 
-def confluent_loop(bootstrap: str, sources: list[str], sink: str) -> None:
+def confluent_loop(bootstrap: str, sources: list[str], sink: str, decide: bool = False) -> None:
     from confluent_kafka import Consumer, Producer
+
+    transform = avro_decision(sources) if decide else None
 
     consumer = Consumer(
         {
@@ -49,15 +56,45 @@ def confluent_loop(bootstrap: str, sources: list[str], sink: str) -> None:
             continue
         messages = [m for m in [first, *consumer.consume(BATCH_SIZE - 1, 0)] if not m.error()]
         for m in messages:
+            value = transform(m.topic(), m.value()) if transform else m.value()
             while True:
                 try:
-                    producer.produce(sink, value=m.value(), key=m.key())
+                    producer.produce(sink, value=value, key=m.key())
                     break
                 except BufferError:
                     producer.poll(0.1)
         producer.flush()
         consumer.commit(asynchronous=True)
     consumer.close()
+
+
+def avro_decision(sources: list[str]):  # type: ignore[no-untyped-def]
+    """(topic, raw event) -> an encoded Decision: the event decoded, a Decision built and encoded."""
+    import time
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from pipeline.serde import Codec
+
+    codec = Codec()
+    schemas = {t: "ReportEvent" if t.endswith("reports") else "UploadEvent" for t in sources}
+
+    def transform(topic: str, raw: bytes) -> bytes:
+        schema = schemas[topic]
+        event = codec.decode(schema, raw)
+        decision = {
+            "decision_id": event["envelope"]["event_id"],
+            "envelope": event["envelope"],
+            "kind": "report" if schema == "ReportEvent" else "upload",
+            "action": "allow",
+            "decided_at": int(time.time() * 1000),
+            "policy_id": "floor",
+            "policy_version": "0",
+            "rule_id": "none",
+            "explanation": "no rule applies",
+        }
+        return codec.encode("Decision", decision)
+
+    return transform
 
 
 def faust_agent(bootstrap: str, sources: list[str], sink: str) -> None:
@@ -99,4 +136,7 @@ def faust_agent(bootstrap: str, sources: list[str], sink: str) -> None:
 
 if __name__ == "__main__":
     kind, bootstrap, sources, sink = sys.argv[1:5]
-    {"confluent": confluent_loop, "faust": faust_agent}[kind](bootstrap, sources.split(","), sink)
+    if kind == "avro":
+        confluent_loop(bootstrap, sources.split(","), sink, decide=True)
+    else:
+        {"confluent": confluent_loop, "faust": faust_agent}[kind](bootstrap, sources.split(","), sink)

@@ -7,7 +7,8 @@ Mixes (every event of a mix goes through every system):
 - realistic: text posts (50%), 1920x1080 JPEG uploads by reference (30%; `file://` URIs under
   a media root this bench creates and sets as MODSTREAM_MEDIA_ROOT, a few dozen distinct
   photographic-looking files reused, one of them in a hash bank) and reports (20%).
-The baselines pass the same records through without doing any of the work.
+The baselines pass the same records through without doing any of the work; the `avro` one,
+the floor, also decodes each event and encodes a Decision for it (bench/passthrough.py).
 
 For each mix and system, on the same embedded broker, a fresh topic prefix each time:
 1. start the system's processes; send a small warm-up through and wait for it to come out
@@ -106,6 +107,7 @@ SYSTEMS = (
         "separate", "modstream separate (4 processes)", "decisions", lambda s: [modstream_command(n) for n in STAGES]
     ),
     System("plain", "plain confluent-kafka loop", "matched", _baseline("confluent", "matched")),
+    System("avro", "plain loop + Avro decode, Decision", "decisions", _baseline("avro", "decisions")),
     System("faust", "faust-streaming take()", "matched", _baseline("faust", "matched")),
 )
 
@@ -234,6 +236,13 @@ def report(results: dict[tuple[str, str], dict[str, float]], args: argparse.Name
     )
     print("\ntargets")
     plain = results.get(("text-only", "plain"), {}).get("events_per_s")
+    floor = results.get(("text-only", "avro"), {})
+    if plain and "events_per_s" in floor:
+        print(
+            f"  text-only the floor (plain loop + Avro) reaches {floor['events_per_s'] / plain:.2f}x the plain loop, "
+            f"at {floor['cpu_us_per_event']:.0f} CPU us/ev against the plain loop's "
+            f"{results[('text-only', 'plain')]['cpu_us_per_event']:.0f}"
+        )
     for key in ("fused", "separate"):
         row = results.get(("text-only", key))
         if not row or "events_per_s" not in row:
@@ -261,7 +270,7 @@ def report(results: dict[tuple[str, str], dict[str, float]], args: argparse.Name
             print(f"  {mix:10} {key:8} p99 {r['p99_ms']:.1f} ms at {r['rate']:,.0f}/s vs < {TARGET_P99_MS:g} ms: {ok}")
     for mix in dict.fromkeys(m for m, _ in results):
         ours = results.get((mix, "fused"), {}).get("events_per_s")
-        for key in ("plain", "faust"):
+        for key in ("plain", "avro", "faust"):
             other = results.get((mix, key), {}).get("events_per_s")
             if ours and other:
                 print(f"  {mix:10} modstream fused / {key}: {ours / other:.2f}x throughput")
@@ -412,7 +421,7 @@ def main() -> None:
     parser.add_argument("--max-rate", type=float, default=0, help="cap on the latency phase's rate (0: none)")
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--only", help="systems to run, comma-separated: fused,separate,plain,faust")
+    parser.add_argument("--only", help="systems to run, comma-separated: fused,separate,plain,avro,faust")
     parser.add_argument("--mixes", default="text-only,realistic", help="comma-separated: text-only,realistic")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
