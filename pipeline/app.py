@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from pipeline.banks.table import BankTable, MatchConfig
 from pipeline.config import Settings
 from pipeline.enforce.account import AccountEnforcer
@@ -26,7 +28,7 @@ from pipeline.policy.incidents import IncidentTable
 from pipeline.policy.review import ReviewQueue
 from pipeline.records import Record, Stage
 from pipeline.runtime.follower import BankFollower, TopicFollower
-from pipeline.runtime.runner import Runner
+from pipeline.runtime.runner import UNAVAILABLE, Runner
 from pipeline.serde import Codec
 from pipeline.signals.fetch import MediaFetcher
 from pipeline.signals.media import MediaLimits
@@ -56,13 +58,19 @@ FLOOD = ("flood",)  # its own consumer group on mod.enriched, beside the upload 
 RETRO = ("retro",)  # its own group on mod.banks and mod.decisions, per shard; follows mod.decisions too
 STAGES = PIPELINE + LIVE + ENFORCERS + ACCOUNTS + FLOOD + RETRO
 
+# A Redis that refuses connections, or does not answer within REDIS_TIMEOUT_S, is unavailable:
+# the runners redo the batch when it answers again instead of dead-lettering its records.
+REDIS_TIMEOUT_S = 10.0
+REDIS_UNAVAILABLE = (*UNAVAILABLE, redis.ConnectionError, redis.TimeoutError)
 
-def connect_redis(url: str) -> Any:
-    import redis
 
+def connect_redis(url: str, decode_responses: bool = True) -> Any:
     if not url:
         raise RuntimeError("no Redis: set MODSTREAM_REDIS_URL or run `modstream dev up`")
-    return redis.Redis.from_url(url, decode_responses=True)
+    timeouts: dict[str, Any] = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
+    if decode_responses:
+        return redis.Redis.from_url(url, decode_responses=True, **timeouts)
+    return redis.Redis.from_url(url, **timeouts)
 
 
 @dataclass
@@ -110,11 +118,9 @@ class App:
         its own that does not decode responses."""
 
         def binary_redis() -> Any:
-            import redis
-
             if not self.settings.redis_url:
                 raise RuntimeError("no Redis for the media store: set MODSTREAM_REDIS_URL or MODSTREAM_MEDIA_STORE")
-            return redis.Redis.from_url(self.settings.redis_url, decode_responses=False)
+            return connect_redis(self.settings.redis_url, decode_responses=False)
 
         return open_media_store(self.settings.media_store, self.settings.media_store_ttl_s, binary_redis)
 
@@ -189,19 +195,11 @@ class App:
         )
         group = f"exchange.{{}}.{s.platform_id}"
         return [
-            Runner(
-                s,
-                [PublishStage(s.platform_id, sign_it)],
-                self.codec,
-                s.group_id(group.format("publish")),
-                exchange=exchange,
-            ),
-            Runner(s, [importer], self.codec, s.group_id(group.format("import")), consume_from=exchange),
-            Runner(
-                s,
+            self.runner([PublishStage(s.platform_id, sign_it)], group.format("publish"), exchange=exchange),
+            self.runner([importer], group.format("import"), consume_from=exchange),
+            self.runner(
                 [FeedbackStage(s.platform_id, self.banks(), self.partners(), counts, sign_it)],
-                self.codec,
-                s.group_id(group.format("feedback")),
+                group.format("feedback"),
                 exchange=exchange,
             ),
         ]
@@ -320,29 +318,29 @@ class App:
             if self.settings.exchange_private_key:
                 names.append("exchange")
         chain = [n for n in PIPELINE if n in names]
-        runners = [Runner(self.settings, [self.build(n) for n in chain], self.codec)] if chain else []
+        runners = [self.runner([self.build(n) for n in chain])] if chain else []
         for n in names:
             if n == "exchange":
                 runners += self.exchange_runners()
             elif n in LIVE + ACCOUNTS + FLOOD:
-                runners.append(Runner(self.settings, [self.build(n)], self.codec))
+                runners.append(self.runner([self.build(n)]))
             elif n in RETRO:  # a group per shard: each shard's process sees every bank entry
                 index, count = self.settings.retro_shard
-                group = self.settings.group_id(f"retro.shard-{index}-of-{count}")
                 codec = BankCodec(registry_url=self.settings.schema_registry_url)
-                runners.append(Runner(self.settings, [self.build(n)], codec, group=group))
+                runners.append(self.runner([self.build(n)], f"retro.shard-{index}-of-{count}", codec=codec))
             elif n in ENFORCERS:
-                runners.append(
-                    Runner(
-                        self.settings,
-                        [self.build(n)],
-                        self.codec,
-                        group=self.settings.group_id("enforcer." + n.split("-", 1)[1]),
-                    )
-                )
+                runners.append(self.runner([self.build(n)], "enforcer." + n.split("-", 1)[1]))
             elif n not in PIPELINE:
                 raise ValueError(f"unknown stage {n!r}; known: {', '.join(STAGES)}, exchange or all")
         return runners
+
+    def runner(self, stages: list[Stage], group: str | None = None, codec: Codec | None = None, **kw: Any) -> Runner:
+        """A runner of `stages` (in consumer group `group`, named as in settings; by default
+        the stages' names) that takes an unavailable Redis for what it is."""
+        s = self.settings
+        return Runner(
+            s, stages, codec or self.codec, s.group_id(group) if group else None, unavailable=REDIS_UNAVAILABLE, **kw
+        )
 
     def close(self) -> None:
         for follower in (self._follower, self._incident_follower, self._partner_follower, *self._event_followers):

@@ -31,7 +31,11 @@ If a delivery fails (or a transaction aborts), no offset moves past the failed
 batch: the runner waits for what is in flight, commits what completed before
 it, seeks every partition back to its first unacknowledged offset and redoes
 from there, so nothing is lost; outputs may then repeat, which is why effects
-are idempotent. On partition revocation and on shutdown everything in flight
+are idempotent. The same happens when a stage raises one of the runner's
+`unavailable` errors (a dependency such as Redis did not answer: by default
+ConnectionError and TimeoutError): that is no fault of the records, so none is
+dead-lettered and the batch is redone once the dependency answers. Redos in a
+row back off, from 0.5 s to `MAX_BACKOFF_S`. On partition revocation and on shutdown everything in flight
 is flushed and the completed offsets are committed synchronously.
 
 The runner stops cleanly on SIGTERM or SIGINT (or `stop()` from another
@@ -62,6 +66,9 @@ logger = logging.getLogger(__name__)
 COMMIT_INTERVAL_S = 0.5  # commit completed offsets at most this often (and always on revoke/shutdown)
 MAX_IN_FLIGHT = 8  # batches produced but not yet fully acknowledged
 FLUSH_TIMEOUT_S = 60.0
+FIRST_BACKOFF_S = 0.5  # wait before redoing a failed batch, doubled for each redo in a row
+MAX_BACKOFF_S = 8.0
+UNAVAILABLE: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
 GC_THRESHOLD = 20_000  # allocations between young-generation collections (CPython's default: 700)
 _Partition = tuple[str, int]  # (full topic name, partition)
 
@@ -116,6 +123,10 @@ class OutputTooLarge(Exception):
     """A stage produced a record larger than the configured message size."""
 
 
+class Unavailable(Exception):
+    """A stage's dependency did not answer; the batch must be redone, its records are not at fault."""
+
+
 class Runner:
     """Runs `stages` (a chain; one stage is the usual case) until stopped."""
 
@@ -128,12 +139,15 @@ class Runner:
         before_commit: Callable[[], None] | None = None,
         consume_from: Settings | None = None,
         exchange: Settings | None = None,
+        unavailable: tuple[type[BaseException], ...] = UNAVAILABLE,
     ) -> None:
         """`before_commit`, if given, runs after a batch's outputs are acknowledged and
         before its offsets (or its transaction) are committed: a seam for fault injection.
         `consume_from` points the consumer at another cluster, and `exchange` names the cluster
         that outputs to the `exchange` topic go to (the partners' cluster); a runner that spans
-        two clusters is at-least-once."""
+        two clusters is at-least-once. `unavailable`: the errors that mean a dependency of the
+        stages did not answer (the batch is redone), not that a record is bad (it is
+        dead-lettered)."""
         if not stages:
             raise ValueError("a runner needs at least one stage")
         names = [s.name for s in stages]
@@ -142,6 +156,9 @@ class Runner:
         self.settings = settings
         self.consume_from = consume_from or settings
         self.exchange = exchange
+        self.unavailable = unavailable
+        self._redos = 0  # batches redone in a row
+        self._redoing: str | None = None  # why the last batch was redone, until one succeeds
         if (consume_from or exchange) and settings.exactly_once:
             raise ValueError("exactly-once cannot span two clusters; run this runner at-least-once")
         self.stages = list(stages)
@@ -193,6 +210,7 @@ class Runner:
             "assigned": sorted(f"{t}[{p}]" for t, p in self.assigned),
             "held": sorted(f"{t}[{p}]" for t, p in self._paused),
             "in_flight_batches": len(self._in_flight),
+            "redoing": self._redoing,
             "last_poll_age_s": round(age, 3),
         }
 
@@ -299,6 +317,10 @@ class Runner:
         except DeliveryFailed as exc:
             self._redo(messages, str(exc))
             return 0
+        except Unavailable as exc:
+            self._redo(messages, str(exc), "unavailable")
+            return 0
+        self._redos, self._redoing = 0, None
         metrics.BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         return len(messages)
 
@@ -381,16 +403,22 @@ class Runner:
         except KafkaException as exc:  # the group moved on (rebalance); the next owner redoes from its offset
             logger.warning("stage %s: commit failed: %s", self.name, exc)
 
-    def _redo(self, messages: list[Message], reason: str) -> None:
-        """A delivery failed: settle what is in flight, commit what completed before the failure,
-        and seek every partition back to its first offset not known to be done."""
+    def _redo(self, messages: list[Message], reason: str, kind: str = "delivery") -> None:
+        """A delivery failed (or a dependency did not answer): settle what is in flight, commit
+        what completed before the failure, seek every partition back to its first offset not
+        known to be done, and wait before going on (longer for each redo in a row)."""
         assert self._consumer is not None and self._producer is not None
-        logger.error("stage %s: %s; redoing from the first unacknowledged record", self.name, reason)
-        metrics.ERRORS.labels(self.name, "delivery").inc()
+        wait_s = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2**self._redos)
+        self._redos += 1
+        self._redoing = reason
+        logger.error("stage %s: %s; redoing from the first unacknowledged record in %g s", self.name, reason, wait_s)
+        metrics.ERRORS.labels(self.name, kind).inc()
         self._flush(FLUSH_TIMEOUT_S)
         rewind: dict[_Partition, int] = {}
         failed = False
-        for batch in [*self._in_flight, _InFlight(*_offsets(messages), [])]:
+        unfinished = _InFlight(*_offsets(messages), [])  # the batch in hand, if it is not in flight
+        unfinished.error = reason  # never completed, though none of its outputs is pending
+        for batch in [*self._in_flight, unfinished]:
             if not failed and batch.done and batch.error is None:
                 self._committable.update(batch.next)
                 continue
@@ -402,7 +430,7 @@ class Runner:
         for (t, p), o in rewind.items():
             if (t, p) in self.assigned:
                 self._consumer.seek(TopicPartition(t, p, o))
-        time.sleep(0.5)
+        self._stop.wait(wait_s)
 
     def _hold(self, deferred: dict[_Partition, tuple[int, int]]) -> None:
         """Seeks each deferred partition back to its first not-yet-due record and pauses it."""
@@ -547,12 +575,16 @@ class Runner:
                 continue
             try:
                 handed, encoded = self._apply(index, mine)
+            except self.unavailable as exc:
+                raise Unavailable(f"stage {stage.name}: {type(exc).__name__}: {exc}") from exc
             except Exception as exc:  # the batch failed: find the records that fail alone
                 logger.warning("stage %s failed on a batch of %d (%s); retrying one by one", stage.name, len(mine), exc)
                 handed, encoded = [], []
                 for record in mine:
                     try:
                         h, e = self._apply(index, [record])
+                    except self.unavailable as exc:  # gone while retrying: no record is at fault
+                        raise Unavailable(f"stage {stage.name}: {type(exc).__name__}: {exc}") from exc
                     except Exception as exc:  # one bad record must not stop the stage
                         key, value = self._raw_of(record)
                         out.append(

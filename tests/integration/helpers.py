@@ -107,7 +107,11 @@ def services(settings: Settings, *names: str) -> Iterator[App]:
     try:
         with ExitStack() as stack:
             for runner in app.runners(list(names)):
-                stack.enter_context(running(settings, runner.stages, codec=app.codec, group=runner.group))
+                stack.enter_context(
+                    running(
+                        settings, runner.stages, codec=app.codec, group=runner.group, unavailable=runner.unavailable
+                    )
+                )
             yield app
     finally:
         app.close()

@@ -18,12 +18,15 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from pipeline.config import Settings
+from pipeline.dev import services as dev
 from pipeline.runtime.reader import read_topic
 from pipeline.sdk import ModerationProducer
 
 from ..conftest import settings_env
+from .helpers import collect, services, wait_for
 from .test_pipeline import BANNED, bank
 
 pytestmark = pytest.mark.integration
@@ -117,3 +120,33 @@ def test_exactly_once_yields_each_decision_once_across_a_kill(
     assert set(sent) <= set(ids)
     duplicates = {i: n for i, n in collections.Counter(ids).items() if n > 1}
     assert duplicates == {}
+
+
+def test_a_redis_outage_holds_the_pipeline_and_dead_letters_nothing(settings: Settings, tmp_path: Path) -> None:
+    """Redis goes away under a running pipeline: the batches it cannot process are redone until
+    Redis answers again, none of their records is dead-lettered, and every event is decided."""
+    port = dev.free_port()
+    redis, url = dev.start_redis(tmp_path / "redis", port)
+    settings = settings.with_(redis_url=url)
+    producer = ModerationProducer(settings)
+    before = [producer.send_upload(f"c-{i}", f"u{i}", text="before") for i in range(20)]
+    producer.flush()
+    redos = {"stage": "enrich+match+classify+decide", "kind": "unavailable"}
+    try:
+        with services(settings, "enrich", "match", "classify", "decide"):
+            assert set(before) <= set(decided_ids(settings, len(before), 120))
+            redis.terminate()
+            redis.wait(10)
+            base = REGISTRY.get_sample_value("modstream_errors_total", redos) or 0
+            during = [producer.send_upload(f"d-{i}", f"u{i}", text="during") for i in range(30)]
+            during += [producer.send_report(f"c-{i}", f"r{i}", "spam") for i in range(5)]
+            producer.flush()
+            wait_for(lambda: (REGISTRY.get_sample_value("modstream_errors_total", redos) or 0) >= base + 2, 60, "redos")
+            assert set(decided_ids(settings, len(before) + 1, 2)) == set(before)  # nothing decided meanwhile
+            redis, _ = dev.start_redis(tmp_path / "redis", port)
+            ids = decided_ids(settings, len(before) + len(during), 120)
+    finally:
+        redis.terminate()
+        redis.wait(10)
+    assert set(before + during) <= set(ids)
+    assert collect(settings, "dlq", lambda letters: False, 3) == []

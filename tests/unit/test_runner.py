@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.records import Incoming, Output, envelope
-from pipeline.runtime.runner import Runner
+from pipeline.runtime.runner import Runner, Unavailable
 from pipeline.serde import Codec
 
 
@@ -174,3 +175,138 @@ def test_a_record_not_yet_due_holds_its_partition_from_there_on(codec: Codec) ->
     assert [m.offset() for m in done.consumed] == [0]
     assert done.deferred == {("mod.uploads", 0): (1, int(future))}
     assert [v["reason"] for _, v in decode_all(codec, done.outputs)] == ["A"]
+
+
+class Flaky(Upper):
+    """Upper whose dependency stops answering: raises `on_batch` on a batch of several records
+    and `alone` (if any) on one record alone."""
+
+    name = "flaky"
+
+    def __init__(self, on_batch: type[BaseException], alone: type[BaseException] | None = None) -> None:
+        super().__init__()
+        self.on_batch, self.alone = on_batch, alone
+
+    def process(self, batch: Sequence[Incoming]) -> list[Output]:
+        if len(batch) > 1:
+            raise self.on_batch("no answer")
+        if self.alone is not None:
+            raise self.alone("no answer")
+        return super().process(batch)
+
+
+class NotThere(Exception):
+    """A client's own error for a dependency that does not answer (redis.ConnectionError, say)."""
+
+
+@pytest.mark.parametrize("error", [ConnectionError, TimeoutError, NotThere])
+def test_a_dependency_that_does_not_answer_dead_letters_nothing(codec: Codec, error: type[BaseException]) -> None:
+    unavailable = (ConnectionError, TimeoutError, NotThere)
+    two = [upload(codec, "a", 0), upload(codec, "b", 1)]
+    runner = Runner(Settings(bootstrap_servers="x"), [Flaky(error)], codec, unavailable=unavailable)
+    with pytest.raises(Unavailable, match="flaky: .*no answer"):
+        runner.process_messages(two)
+    # The batch raised for another reason; each record alone is processed...
+    runner = Runner(Settings(bootstrap_servers="x"), [Flaky(ValueError)], codec, unavailable=unavailable)
+    assert [v["reason"] for _, v in decode_all(codec, runner.process_messages(two))] == ["A", "B"]
+    # ... unless the dependency went away meanwhile: still no record's fault.
+    runner = Runner(Settings(bootstrap_servers="x"), [Flaky(ValueError, error)], codec, unavailable=unavailable)
+    with pytest.raises(Unavailable):
+        runner.process_messages(two)
+
+
+def test_other_errors_are_the_records_fault(codec: Codec) -> None:
+    runner = Runner(Settings(bootstrap_servers="x"), [Flaky(NotThere, NotThere)], codec)  # not named unavailable
+    out = decode_all(codec, runner.process_messages([upload(codec, "a", 0), upload(codec, "b", 1)]))
+    assert [(t, v["offset"], v["error_type"]) for t, v in out] == [("dlq", 0, "process"), ("dlq", 1, "process")]
+
+
+class FakeConsumer:
+    """Hands out `messages` once; records seeks and commits."""
+
+    def __init__(self, messages: list[FakeMessage]) -> None:
+        self.queue = list(messages)
+        self.seeks: list[tuple[str, int, int]] = []
+        self.commits: list[tuple[str, int, int]] = []
+
+    def poll(self, timeout: float) -> FakeMessage | None:
+        return self.queue.pop(0) if self.queue else None
+
+    def consume(self, n: int, timeout: float) -> list[FakeMessage]:
+        taken, self.queue = self.queue[:n], self.queue[n:]
+        return taken
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits += [(tp.topic, tp.partition, tp.offset) for tp in offsets]
+
+    def consumer_group_metadata(self) -> None:
+        return None
+
+
+class FakeProducer:
+    """Acknowledges every record on the next poll or flush; a transaction's commit fails if `abort`."""
+
+    def __init__(self, abort: bool = False) -> None:
+        self.abort = abort
+        self.pending: list[Any] = []
+        self.produced: list[str] = []
+        self.aborted = 0
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, on_delivery: Any) -> None:
+        self.produced.append(topic)
+        self.pending.append(on_delivery)
+
+    def poll(self, timeout: float) -> int:
+        for on_delivery in self.pending:
+            on_delivery(None, None)
+        self.pending = []
+        return 0
+
+    flush = poll
+
+    def begin_transaction(self) -> None: ...
+
+    def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None: ...
+
+    def commit_transaction(self, timeout: float) -> None:
+        if self.abort:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.aborted += 1
+
+
+def started(runner: Runner, consumer: FakeConsumer, producer: FakeProducer) -> Runner:
+    runner._consumer, runner._producer = consumer, producer  # type: ignore[assignment]
+    runner.assigned = {("mod.uploads", 0)}
+    return runner
+
+
+def test_a_batch_whose_dependency_is_away_is_redone_from_its_first_offset(codec: Codec) -> None:
+    stage = Flaky(ConnectionError, ConnectionError)
+    consumer, producer = FakeConsumer([upload(codec, "a", 5), upload(codec, "b", 6)]), FakeProducer()
+    runner = started(Runner(Settings(bootstrap_servers="x"), [stage], codec), consumer, producer)
+    assert runner.run_once() == 0
+    assert consumer.commits == [] and producer.produced == []
+    assert consumer.seeks == [("mod.uploads", 0, 5)]
+    assert "ConnectionError" in runner.health()["redoing"]
+    stage.on_batch, stage.alone = ValueError, None  # it answers again (and the batch fails on its own)
+    consumer.queue = [upload(codec, "a", 5), upload(codec, "b", 6)]  # the seek's effect
+    assert runner.run_once() == 2
+    assert producer.produced == ["mod.review", "mod.review"] and runner.health()["redoing"] is None
+    runner._settle()
+    runner._commit(sync=True)
+    assert consumer.commits == [("mod.uploads", 0, 7)]
+
+
+def test_an_aborted_transaction_commits_nothing_and_is_redone(codec: Codec) -> None:
+    consumer, producer = FakeConsumer([upload(codec, "a", 5), upload(codec, "b", 6)]), FakeProducer(abort=True)
+    settings = Settings(bootstrap_servers="x", guarantee="exactly-once")
+    runner = started(Runner(settings, [Upper()], codec), consumer, producer)
+    assert runner.run_once() == 0
+    assert producer.aborted == 1
+    assert consumer.commits == []  # the aborted batch's offsets are not committed outside it
+    assert consumer.seeks == [("mod.uploads", 0, 5)]
