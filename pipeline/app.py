@@ -61,7 +61,7 @@ STAGES = PIPELINE + LIVE + ENFORCERS + ACCOUNTS + FLOOD + RETRO
 # A Redis that refuses connections, or does not answer within REDIS_TIMEOUT_S, is unavailable:
 # the runners redo the batch when it answers again instead of dead-lettering its records.
 REDIS_TIMEOUT_S = 10.0
-REDIS_UNAVAILABLE = (*UNAVAILABLE, redis.ConnectionError, redis.TimeoutError)
+REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (*UNAVAILABLE, redis.ConnectionError, redis.TimeoutError)
 
 
 def connect_redis(url: str, decode_responses: bool = True) -> Any:

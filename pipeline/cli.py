@@ -684,7 +684,7 @@ def escalate(ctx: click.Context, interval: float, once: bool, warn_hours: float)
     """Create urgent review tasks for reported items nearing their 24-hour deadline."""
     import time
 
-    from pipeline.app import connect_redis
+    from pipeline.app import REDIS_UNAVAILABLE, connect_redis
     from pipeline.policy.deadlines import DeadlineEscalator
     from pipeline.records import Output, now_ms
     from pipeline.runtime import metrics
@@ -710,15 +710,21 @@ def escalate(ctx: click.Context, interval: float, once: bool, warn_hours: float)
     while True:
         try:
             escalated = escalator.run_once(publish)  # marks items escalated only once acknowledged
+            now = now_ms()
+            metrics.record_deadlines(*store.backlog(now), now)
         except DeliveryError as exc:
             if once:
                 raise click.ClickException(f"review tasks not acknowledged: {exc}") from exc
             logger.warning("review tasks not acknowledged, retrying next round: %s", exc)
             escalated = 0
+        except REDIS_UNAVAILABLE as exc:  # no beat: /health turns unhealthy if it lasts
+            if once:
+                raise click.ClickException(f"Redis does not answer: {exc}") from exc
+            logger.error("Redis does not answer, retrying next round: %s", exc)
+            time.sleep(interval)
+            continue
         if escalated:
             click.echo(f"escalated {escalated} item(s)")
-        now = now_ms()
-        metrics.record_deadlines(*store.backlog(now), now)
         heartbeat.beat()
         if once:
             return

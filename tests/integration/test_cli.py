@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Settings
+from pipeline.dev.services import free_port
 
 from ..conftest import settings_env
 
@@ -197,3 +198,10 @@ def test_run_processes_starts_members_of_one_group(settings: Settings, tmp_path:
     assert all(members) and not members[0] & members[1]  # both members hold partitions, none twice
     assert len(members[0] | members[1]) == every
     assert {json.loads(line)["envelope"]["event_id"] for line in out.stdout.splitlines()} == sent
+
+
+def test_escalate_says_when_redis_does_not_answer(settings: Settings) -> None:
+    away = settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    out = cli(away, "escalate", "--once")
+    assert out.returncode == 1
+    assert "Redis does not answer" in out.stderr and "Traceback" not in out.stderr
