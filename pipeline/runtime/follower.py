@@ -9,7 +9,9 @@ A record the follower cannot apply (undecodable value or key, no key) is dead-le
 `mod.dlq` and skipped. Every process that follows the topic (each match and serve process)
 reads all of it, on every start, so each writes the same dead letters: keyed by the record's
 topic/partition/offset (`record_key("dlq", ...)`), with the same content but for
-`failed_at`. Readers of the dead-letter topic can drop the repeats by key.
+`failed_at`. Readers of the dead-letter topic can drop the repeats by key. While the schema
+registry does not answer, the follower waits on the record in hand (the table holds what it
+had) instead of dead-lettering it.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from pipeline.config import TOPICS, Settings
 from pipeline.records import Record, dead_letter_value, record_key
 from pipeline.runtime import metrics
 from pipeline.runtime.reader import TopicScan
-from pipeline.serde import Codec, DecodeError
+from pipeline.serde import Codec, DecodeError, RegistryUnavailable
 
 logger = logging.getLogger(__name__)
 
 FLUSH_ON_STOP_S = 10.0
+REGISTRY_RETRY_S = 2.0
 
 
 class Table(Protocol):
@@ -106,11 +109,18 @@ class TopicFollower(threading.Thread):
         if raw_value is None:
             self.table.apply(key, None)
             return
-        try:
-            entry = self.codec.decode(TOPICS[self.topic], raw_value)
-        except DecodeError as exc:
-            self._dead_letter(msg, "decode", f"{type(exc).__name__}: {exc}")
-            return
+        while True:
+            try:
+                entry = self.codec.decode(TOPICS[self.topic], raw_value)
+                break
+            except DecodeError as exc:
+                self._dead_letter(msg, "decode", f"{type(exc).__name__}: {exc}")
+                return
+            except RegistryUnavailable as exc:
+                metrics.ERRORS.labels(self.stage, "unavailable").inc()
+                logger.error("%s: %s; trying again in %g s", self.stage, exc, REGISTRY_RETRY_S)
+                if self._stopping.wait(REGISTRY_RETRY_S):
+                    return
         self.table.apply(key, entry)
 
     def _dead_letter(self, msg: Message, kind: str, reason: str) -> None:

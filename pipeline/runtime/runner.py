@@ -157,6 +157,7 @@ class Runner:
         self.consume_from = consume_from or settings
         self.exchange = exchange
         self.unavailable = unavailable
+        self._redo_on: tuple[type[BaseException], ...] = (Unavailable, *unavailable)
         self._redos = 0  # batches redone in a row
         self._redoing: str | None = None  # why the last batch was redone, until one succeeds
         if (consume_from or exchange) and settings.exactly_once:
@@ -317,8 +318,8 @@ class Runner:
         except DeliveryFailed as exc:
             self._redo(messages, str(exc))
             return 0
-        except Unavailable as exc:
-            self._redo(messages, str(exc), "unavailable")
+        except self._redo_on as exc:  # a stage's dependency, or the schema registry, did not answer
+            self._redo(messages, f"{type(exc).__name__}: {exc}", "unavailable")
             return 0
         self._redos, self._redoing = 0, None
         metrics.BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
@@ -39,6 +40,11 @@ class DecodeError(ValueError):
 
 class EncodeError(ValueError):
     """A record that does not fit its schema."""
+
+
+class RegistryUnavailable(ConnectionError):
+    """The schema registry did not answer (refused, timed out, a server error): no record's
+    fault; what needed it is tried again later (the runner redoes the batch)."""
 
 
 class SchemaSet:
@@ -140,8 +146,15 @@ class ConfluentRegistry:
             method=method,
             headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
         )
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return json.loads(response.read())
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500 or exc.code == 429:
+                raise RegistryUnavailable(f"schema registry {self.url}: HTTP {exc.code}") from exc
+            raise
+        except OSError as exc:  # refused, unreachable, timed out
+            raise RegistryUnavailable(f"schema registry {self.url}: {exc}") from exc
 
     def id_for(self, subject: str, record_type: str) -> int:
         key = (subject, record_type)
@@ -156,7 +169,7 @@ class ConfluentRegistry:
         if schema_id not in self._by_id:
             try:
                 reply = self._call("GET", f"/schemas/ids/{schema_id}")
-            except OSError as exc:
+            except urllib.error.HTTPError as exc:
                 raise DecodeError(f"schema id {schema_id} not in registry: {exc}") from exc
             self._by_id[schema_id] = fastavro.parse_schema(json.loads(reply["schema"]))
         return self._by_id[schema_id]
@@ -220,6 +233,8 @@ class Codec:
                     raise DecodeError(f"{record_type}: {len(raw) - buf.tell()} trailing bytes", raw)
         except DecodeError as exc:
             exc.raw = raw
+            raise
+        except RegistryUnavailable:
             raise
         except Exception as exc:  # fastavro raises many types on garbage; all mean "undecodable"
             raise DecodeError(f"{record_type}: undecodable Avro body: {_brief(exc)}", raw) from exc

@@ -9,7 +9,9 @@ below shows how)."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from http.server import ThreadingHTTPServer
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -22,6 +24,8 @@ from pipeline.records import Record, record_key
 from pipeline.runtime.follower import BankFollower
 from pipeline.runtime.reader import read_table, read_to_end, read_topic
 from pipeline.serde import Codec
+
+from ..unit.test_serde import FakeRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -150,6 +154,46 @@ def test_followers_dead_letter_bad_records_and_keep_going(settings: Settings) ->
     assert by_offset[1]["error_type"] == "decode" and by_offset[1]["stage"] == "banks-follower"
     assert by_offset[3]["key"] is None and by_offset[3]["error_type"] == "key"
     assert by_offset[4]["key"] == b"\xff\xfe" and by_offset[4]["error_type"] == "decode"
+
+
+class Flapping(FakeRegistry):
+    """The fake registry, on its own schemas, answering 503 while `busy`."""
+
+    schemas: dict[int, str] = {}
+    subjects: dict[str, int] = {}
+
+
+def test_a_follower_waits_for_the_schema_registry_instead_of_dead_lettering(settings: Settings) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flapping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    topic = settings.topic("banks")
+    producer = Producer(settings.producer_config())
+    for n in (1, 2):
+        value = Codec(registry_url=url).encode("BankEntry", entry(n), f"{topic}-value")  # registered
+        producer.produce(topic, value, key=record_key("banks", entry(n)).encode(), partition=0)
+    producer.flush(30)
+    Flapping.busy = True
+    waits, letters = errors("banks-follower", "unavailable"), errors("banks-follower", "decode")
+    table = BankTable()
+    follower = BankFollower(settings, Codec(registry_url=url), table)  # a new process: ids unknown
+    follower.start()
+    try:
+        deadline = time.monotonic() + 20
+        while errors("banks-follower", "unavailable") == waits:
+            assert time.monotonic() < deadline, "the follower never asked the registry"
+            time.sleep(0.1)
+        assert table.entries() == [] and not follower.caught_up.is_set()
+        Flapping.busy = False
+        follower.wait_caught_up(20)
+        assert {record_key("banks", e) for e in table.entries()} == {record_key("banks", entry(n)) for n in (1, 2)}
+        assert errors("banks-follower", "decode") == letters and follower.errors == 0
+    finally:
+        Flapping.busy = False
+        follower.stop()
+        follower.join(30)
+        server.shutdown()
+        server.server_close()
 
 
 def test_end_offset_query_counts_every_record(

@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from pipeline.config import Settings
+from pipeline.dev.services import free_port
 from pipeline.records import Incoming, Output, envelope
 from pipeline.runtime.runner import Runner, Unavailable
 from pipeline.serde import Codec
@@ -310,3 +311,13 @@ def test_an_aborted_transaction_commits_nothing_and_is_redone(codec: Codec) -> N
     assert producer.aborted == 1
     assert consumer.commits == []  # the aborted batch's offsets are not committed outside it
     assert consumer.seeks == [("mod.uploads", 0, 5)]
+
+
+def test_a_registry_that_does_not_answer_redoes_the_batch(codec: Codec) -> None:
+    away = Codec(registry_url=f"http://127.0.0.1:{free_port()}")
+    consumer, producer = FakeConsumer([upload(codec, "a", 5), upload(codec, "b", 6)]), FakeProducer()
+    runner = started(Runner(Settings(bootstrap_servers="x"), [Upper()], away), consumer, producer)
+    assert runner.run_once() == 0
+    assert producer.produced == [] and consumer.commits == []  # not dead-lettered as undecodable
+    assert consumer.seeks == [("mod.uploads", 0, 5)]
+    assert "RegistryUnavailable" in runner.health()["redoing"]

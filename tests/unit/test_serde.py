@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from pipeline.config import TOPICS
+from pipeline.dev.services import free_port
 from pipeline.records import envelope
-from pipeline.serde import Codec, DecodeError, EncodeError, SchemaSet
+from pipeline.serde import Codec, DecodeError, EncodeError, RegistryUnavailable, SchemaSet
 from pipeline.serde.json_form import from_json, to_json
 
 ENV = envelope("p1", content_id="c1", user_id="u1", event_id="e1", occurred_at=1700000000000)
@@ -124,8 +125,11 @@ class FakeRegistry(BaseHTTPRequestHandler):
 
     schemas: dict[int, str] = {}
     subjects: dict[str, int] = {}
+    busy = False  # answers 503 to everything while set
 
     def do_POST(self) -> None:  # noqa: N802
+        if self._busy():
+            return
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         subject = self.path.split("/")[2]
         schema_id = self.subjects.setdefault(subject, 100 + len(self.subjects))
@@ -133,12 +137,20 @@ class FakeRegistry(BaseHTTPRequestHandler):
         self._reply({"id": schema_id})
 
     def do_GET(self) -> None:  # noqa: N802
+        if self._busy():
+            return
         schema_id = int(self.path.rsplit("/", 1)[1])
         if schema_id not in self.schemas:
             self.send_response(404)
             self.end_headers()
             return
         self._reply({"schema": self.schemas[schema_id]})
+
+    def _busy(self) -> bool:
+        if self.busy:
+            self.send_response(503)
+            self.end_headers()
+        return self.busy
 
     def _reply(self, obj: Any) -> None:
         data = json.dumps(obj).encode()
@@ -163,6 +175,29 @@ def test_schema_registry_ids() -> None:
         assert reader.decode("UploadEvent", raw) == UPLOAD
         with pytest.raises(DecodeError, match="not in registry"):
             reader.decode("UploadEvent", b"\x00\x00\x00\x03\xe7body")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class BusyRegistry(FakeRegistry):
+    """A registry that answers every request with 503."""
+
+    busy = True
+
+
+def test_a_registry_that_does_not_answer_is_unavailable_not_a_bad_record() -> None:
+    framed = Codec().encode("UploadEvent", UPLOAD)  # a schema id the registries below do not know yet
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BusyRegistry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for url in (f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{server.server_address[1]}"):
+            codec = Codec(registry_url=url)  # refused, then HTTP 503
+            with pytest.raises(RegistryUnavailable):
+                codec.encode("UploadEvent", UPLOAD, "mod.uploads-value")
+            with pytest.raises(RegistryUnavailable) as caught:
+                codec.decode("UploadEvent", framed)
+            assert isinstance(caught.value, ConnectionError)  # what a runner takes for "redo later"
     finally:
         server.shutdown()
         server.server_close()
