@@ -260,6 +260,7 @@ class App:
                     AccountEnforcer(RedisAccountStore(self.redis), self.settings.live_suspension_s),
                 ),
                 self.settings.topic_prefix,
+                unavailable=REDIS_UNAVAILABLE,  # strikes wait for Redis instead of spending attempts
             ),
             "enforce-webhook": lambda: EnforceStage(
                 "webhook",

@@ -8,7 +8,9 @@ retried on the poll thread: the stage writes an `EnforcementRetry` record (topic
 (the runner holds its partition until then, see `not_before`, without blocking the poll
 loop). After the last attempt, or on PermanentError, the failure is published as a failed
 result and the record in hand (the decision, or its last retry record, which carries the
-decision) is dead-lettered.
+decision) is dead-lettered. A handler's error of the `unavailable` kinds (its own store,
+such as the account enforcer's Redis, does not answer) spends no attempt: it goes up to the
+runner, which redoes the batch once the store answers.
 
 Every enforcer reads the one retry topic and acts only on its own retries. Handlers must
 be idempotent on `decision_id`: delivery is at-least-once, and a decision redelivered after
@@ -69,6 +71,7 @@ class EnforceStage:
         max_backoff_s: float = 300.0,
         batch_budget_s: float = 5.0,
         clock: Callable[[], int] = now_ms,
+        unavailable: tuple[type[BaseException], ...] = (),
     ) -> None:
         unknown = set(handlers) - set(ACTIONS)
         if unknown:
@@ -84,6 +87,7 @@ class EnforceStage:
         self.max_backoff_s = max_backoff_s
         self.batch_budget_ms = int(batch_budget_s * 1000)
         self.clock = clock
+        self.unavailable = unavailable
 
     def not_before(self, record: Incoming) -> int | None:
         """A retry of this enforcer is not processed before its due time."""
@@ -116,6 +120,8 @@ class EnforceStage:
         key = subject_key(d["envelope"])
         try:
             done = handler(d)
+        except self.unavailable:
+            raise
         except Exception as exc:  # a handler's failure is reported, scheduled again, then dead-lettered
             detail = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, PermanentError) and attempt < self.retries:

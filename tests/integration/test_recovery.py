@@ -15,18 +15,22 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
+from pipeline.app import connect_redis
 from pipeline.config import Settings
 from pipeline.dev import services as dev
 from pipeline.runtime.reader import read_topic
 from pipeline.sdk import ModerationProducer
+from pipeline.state.accounts import RedisAccountStore
 
 from ..conftest import settings_env
 from .helpers import collect, services, wait_for
+from .test_enforcement import a_decision
 from .test_pipeline import BANNED, bank
 
 pytestmark = pytest.mark.integration
@@ -122,31 +126,72 @@ def test_exactly_once_yields_each_decision_once_across_a_kill(
     assert duplicates == {}
 
 
-def test_a_redis_outage_holds_the_pipeline_and_dead_letters_nothing(settings: Settings, tmp_path: Path) -> None:
+class OwnRedis:
+    """A Redis of the test's own, to stop and start again on the same port."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.port = path, dev.free_port()
+        self.proc, self.url = dev.start_redis(path, self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    def start(self) -> None:
+        self.proc, _ = dev.start_redis(self.path, self.port)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    redis = OwnRedis(tmp_path / "redis")
+    yield redis
+    redis.stop()
+
+
+def redos(stage: str) -> float:
+    return REGISTRY.get_sample_value("modstream_errors_total", {"stage": stage, "kind": "unavailable"}) or 0
+
+
+def test_a_redis_outage_holds_the_pipeline_and_dead_letters_nothing(settings: Settings, own_redis: OwnRedis) -> None:
     """Redis goes away under a running pipeline: the batches it cannot process are redone until
     Redis answers again, none of their records is dead-lettered, and every event is decided."""
-    port = dev.free_port()
-    redis, url = dev.start_redis(tmp_path / "redis", port)
-    settings = settings.with_(redis_url=url)
+    settings = settings.with_(redis_url=own_redis.url)
     producer = ModerationProducer(settings)
     before = [producer.send_upload(f"c-{i}", f"u{i}", text="before") for i in range(20)]
     producer.flush()
-    redos = {"stage": "enrich+match+classify+decide", "kind": "unavailable"}
-    try:
-        with services(settings, "enrich", "match", "classify", "decide"):
-            assert set(before) <= set(decided_ids(settings, len(before), 120))
-            redis.terminate()
-            redis.wait(10)
-            base = REGISTRY.get_sample_value("modstream_errors_total", redos) or 0
-            during = [producer.send_upload(f"d-{i}", f"u{i}", text="during") for i in range(30)]
-            during += [producer.send_report(f"c-{i}", f"r{i}", "spam") for i in range(5)]
-            producer.flush()
-            wait_for(lambda: (REGISTRY.get_sample_value("modstream_errors_total", redos) or 0) >= base + 2, 60, "redos")
-            assert set(decided_ids(settings, len(before) + 1, 2)) == set(before)  # nothing decided meanwhile
-            redis, _ = dev.start_redis(tmp_path / "redis", port)
-            ids = decided_ids(settings, len(before) + len(during), 120)
-    finally:
-        redis.terminate()
-        redis.wait(10)
+    stage = "enrich+match+classify+decide"
+    with services(settings, "enrich", "match", "classify", "decide"):
+        assert set(before) <= set(decided_ids(settings, len(before), 120))
+        own_redis.stop()
+        base = redos(stage)
+        during = [producer.send_upload(f"d-{i}", f"u{i}", text="during") for i in range(30)]
+        during += [producer.send_report(f"c-{i}", f"r{i}", "spam") for i in range(5)]
+        producer.flush()
+        wait_for(lambda: redos(stage) >= base + 2, 60, "redos")
+        assert set(decided_ids(settings, len(before) + 1, 2)) == set(before)  # nothing decided meanwhile
+        own_redis.start()
+        ids = decided_ids(settings, len(before) + len(during), 120)
     assert set(before + during) <= set(ids)
     assert collect(settings, "dlq", lambda letters: False, 3) == []
+
+
+def test_strikes_wait_for_redis_instead_of_spending_attempts(settings: Settings, own_redis: OwnRedis) -> None:
+    """The account enforcer's store is Redis: while it is away, removals wait (the batch is
+    redone) instead of failing their few quick attempts and being dead-lettered."""
+    settings = settings.with_(redis_url=own_redis.url)
+    producer = ModerationProducer(settings)
+    removals = [a_decision(settings, "remove", f"c-{i}", f"u{i}", effects=["strike"]) for i in range(3)]
+    with services(settings, "enforce-account"):
+        time.sleep(2)  # let it join its group
+        own_redis.stop()
+        base = redos("enforce-account")
+        for d in removals:
+            producer.send("decisions", d)
+        producer.flush()
+        wait_for(lambda: redos("enforce-account") >= base + 3, 60, "redos")  # longer than the attempts' backoff
+        own_redis.start()
+        results = collect(settings, "enforcement.results", lambda rs: len(rs) >= len(removals), 60)
+    assert sorted((r["status"], r["attempts"]) for r in results) == [("succeeded", 1)] * len(removals)
+    assert collect(settings, "dlq", lambda letters: False, 3) == []
+    accounts = RedisAccountStore(connect_redis(own_redis.url)).get_many({f"u{i}" for i in range(3)})
+    assert [accounts[f"u{i}"]["strikes"] for i in range(3)] == [1, 1, 1]

@@ -111,6 +111,20 @@ def test_a_permanent_error_fails_at_once() -> None:
     assert dead["topic"] == "mod.decisions" and dead["offset"] == 7 and dead["value"] == b"raw"
 
 
+class StoreAway(Exception):
+    """A handler's store does not answer (redis.ConnectionError, say)."""
+
+
+def test_a_handler_whose_store_is_away_spends_no_attempt() -> None:
+    handler = Flaky(1, StoreAway)
+    stage = EnforceStage("account", {"remove": handler}, retries=1, clock=Clock(), unavailable=(StoreAway,))
+    d = a_decision()
+    with pytest.raises(StoreAway):  # up to the runner, which redoes the batch
+        stage.process([Incoming("decisions", b"c1", d, 0, 7, b"raw")])
+    [result] = by_topic(stage.process([Incoming("decisions", b"c1", d, 0, 7, b"raw")]))["enforcement.results"]
+    assert result["status"] == "succeeded" and result["attempts"] == 1  # the redo is its first attempt
+
+
 def test_each_enforcer_handles_only_its_own_retries() -> None:
     handler = Flaky(0)
     stage = EnforceStage("account", {"remove": handler}, clock=Clock())
