@@ -42,7 +42,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from pipeline.api import console, hma
 from pipeline.api.auth import Principal
 from pipeline.api.check import Checker, parse_check
-from pipeline.api.errors import ApiError, BodyLimit, on_api_error, on_http_error, on_unexpected
+from pipeline.api.errors import ApiError, BodyLimit, on_api_error, on_http_error, on_unavailable, on_unexpected
 from pipeline.api.http import is_json, is_multipart, read_form, read_json, scoped
 from pipeline.api.openapi import schema_generator
 from pipeline.api.publish import BankWriter, Publisher
@@ -73,6 +73,7 @@ class Services:
     bank_names_cache: tuple[int, list[str]] | None = None
     in_flight: int = field(default=0)
     console: console.Console | None = None
+    unavailable: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)  # answered with 503
 
 
 def build_services(
@@ -120,6 +121,7 @@ def from_app(app: Any, api: ApiSettings, console_settings: console.ConsoleSettin
     from pipeline.api.console.audit import TopicAuditor, audited_bank_writer
     from pipeline.api.console.backend import KafkaBackend
     from pipeline.api.publish import KafkaPublisher, bank_writer
+    from pipeline.app import REDIS_UNAVAILABLE
     from pipeline.stages.classify import ClassifyStage
     from pipeline.stages.decide import DecideStage
     from pipeline.state.accounts import RedisAccountStore
@@ -142,6 +144,7 @@ def from_app(app: Any, api: ApiSettings, console_settings: console.ConsoleSettin
         accounts=RedisAccountStore(app.redis) if s.redis_url else None,
         incidents=incidents,
     )
+    services.unavailable = REDIS_UNAVAILABLE
     if console_settings is not None:
         media = app.media_store() if s.redis_url or s.media_store != "redis" else None
         reports = RedisReportStore(app.redis) if s.redis_url else None
@@ -265,7 +268,12 @@ def create_app(services: Services) -> Starlette:
     app = Starlette(
         routes=routes() + ([Mount("/console", routes=console.routes())] if services.console else []),
         middleware=[Middleware(BodyLimit, limit=services.api.max_request_bytes)],
-        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_unexpected},
+        exception_handlers={
+            ApiError: on_api_error,
+            HTTPException: on_http_error,
+            **dict.fromkeys(services.unavailable, on_unavailable),
+            Exception: on_unexpected,
+        },
         lifespan=lifespan,
     )
     app.state.services = services

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger(__name__)
 
 HMA_PREFIXES = ("/m/", "/h/", "/c/")
+RETRY_AFTER_S = 5  # what a 503 for a store that does not answer asks the client to wait
 
 
 class ApiError(Exception):
@@ -61,6 +62,13 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     reasons = {404: "no such endpoint", 405: f"method {request.method} not allowed here"}
     reason = reasons.get(exc.status_code, str(exc.detail))
     return error_response(request, exc.status_code, reason, headers=dict(exc.headers or {}))
+
+
+async def on_unavailable(request: Request, exc: Exception) -> Response:
+    """A store the endpoint needs (Redis) does not answer: not the client's fault, and worth a retry."""
+    logger.error("%s %s: a store does not answer: %s", request.method, request.url.path, exc)
+    reason = f"a store this needs does not answer ({type(exc).__name__}); try again shortly"
+    return error_response(request, 503, reason, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

