@@ -58,10 +58,17 @@ FLOOD = ("flood",)  # its own consumer group on mod.enriched, beside the upload 
 RETRO = ("retro",)  # its own group on mod.banks and mod.decisions, per shard; follows mod.decisions too
 STAGES = PIPELINE + LIVE + ENFORCERS + ACCOUNTS + FLOOD + RETRO
 
-# A Redis that refuses connections, or does not answer within REDIS_TIMEOUT_S, is unavailable:
-# the runners redo the batch when it answers again instead of dead-lettering its records.
+# A Redis that refuses connections, does not answer within REDIS_TIMEOUT_S, is full (maxmemory)
+# or read-only (a replica, during a failover) is unavailable: the runners redo the batch when it
+# answers again instead of dead-lettering its records.
 REDIS_TIMEOUT_S = 10.0
-REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (*UNAVAILABLE, redis.ConnectionError, redis.TimeoutError)
+REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    *UNAVAILABLE,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,  # type: ignore[attr-defined]  # the type stubs predate it
+    redis.exceptions.ReadOnlyError,
+)
 
 
 def connect_redis(url: str, decode_responses: bool = True) -> Any:

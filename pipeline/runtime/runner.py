@@ -69,6 +69,7 @@ FLUSH_TIMEOUT_S = 60.0
 FIRST_BACKOFF_S = 0.5  # wait before redoing a failed batch, doubled for each redo in a row
 MAX_BACKOFF_S = 8.0
 UNAVAILABLE: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+REASON_MAX_CHARS = 500  # of a redo's reason, as logged and shown by health (clients quote commands)
 GC_THRESHOLD = 20_000  # allocations between young-generation collections (CPython's default: 700)
 _Partition = tuple[str, int]  # (full topic name, partition)
 
@@ -411,6 +412,7 @@ class Runner:
         assert self._consumer is not None and self._producer is not None
         wait_s = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2**self._redos)
         self._redos += 1
+        reason = reason[:REASON_MAX_CHARS]
         self._redoing = reason
         logger.error("stage %s: %s; redoing from the first unacknowledged record in %g s", self.name, reason, wait_s)
         metrics.ERRORS.labels(self.name, kind).inc()

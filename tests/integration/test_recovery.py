@@ -152,9 +152,13 @@ def redos(stage: str) -> float:
     return REGISTRY.get_sample_value("modstream_errors_total", {"stage": stage, "kind": "unavailable"}) or 0
 
 
-def test_a_redis_outage_holds_the_pipeline_and_dead_letters_nothing(settings: Settings, own_redis: OwnRedis) -> None:
-    """Redis goes away under a running pipeline: the batches it cannot process are redone until
-    Redis answers again, none of their records is dead-lettered, and every event is decided."""
+@pytest.mark.parametrize("outage", ["stopped", "full"])
+def test_a_redis_outage_holds_the_pipeline_and_dead_letters_nothing(
+    settings: Settings, own_redis: OwnRedis, outage: str
+) -> None:
+    """Redis goes away (stopped, or full: maxmemory reached) under a running pipeline: the
+    batches it cannot process are redone until Redis answers again, none of their records is
+    dead-lettered, and every event is decided."""
     settings = settings.with_(redis_url=own_redis.url)
     producer = ModerationProducer(settings)
     before = [producer.send_upload(f"c-{i}", f"u{i}", text="before") for i in range(20)]
@@ -162,14 +166,20 @@ def test_a_redis_outage_holds_the_pipeline_and_dead_letters_nothing(settings: Se
     stage = "enrich+match+classify+decide"
     with services(settings, "enrich", "match", "classify", "decide"):
         assert set(before) <= set(decided_ids(settings, len(before), 120))
-        own_redis.stop()
+        if outage == "stopped":
+            own_redis.stop()
+        else:
+            connect_redis(own_redis.url).config_set("maxmemory", "1")
         base = redos(stage)
         during = [producer.send_upload(f"d-{i}", f"u{i}", text="during") for i in range(30)]
         during += [producer.send_report(f"c-{i}", f"r{i}", "spam") for i in range(5)]
         producer.flush()
         wait_for(lambda: redos(stage) >= base + 2, 60, "redos")
         assert set(decided_ids(settings, len(before) + 1, 2)) == set(before)  # nothing decided meanwhile
-        own_redis.start()
+        if outage == "stopped":
+            own_redis.start()
+        else:
+            connect_redis(own_redis.url).config_set("maxmemory", "0")
         ids = decided_ids(settings, len(before) + len(during), 120)
     assert set(before + during) <= set(ids)
     assert collect(settings, "dlq", lambda letters: False, 3) == []
