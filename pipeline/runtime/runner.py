@@ -18,8 +18,9 @@ Each turn of the poll loop does, in order:
 4. Hand the decoded records to the stages that read their topic. When stages
    are fused, an output for a topic that a later stage reads is handed over in
    memory instead of produced. If a stage raises on a batch, its records are
-   retried one by one and only those that still raise are dead-lettered; an
-   output larger than `message_max_bytes` makes its record raise.
+   retried one by one and only those that still raise are dead-lettered (one
+   handed over in memory as the consumed record it came from); an output
+   larger than `message_max_bytes` makes its record raise.
 5. Encode and produce the outputs and dead letters without waiting for their
    acknowledgements (pipelining: batch N+1 is processed while batch N's
    acknowledgements arrive). At most `MAX_IN_FLIGHT` batches are in flight;
@@ -589,19 +590,7 @@ class Runner:
                     except self.unavailable as exc:  # gone while retrying: no record is at fault
                         raise Unavailable(f"stage {stage.name}: {type(exc).__name__}: {exc}") from exc
                     except Exception as exc:  # one bad record must not stop the stage
-                        key, value = self._raw_of(record)
-                        out.append(
-                            self._dead_letter(
-                                record.topic,
-                                record.partition,
-                                record.offset,
-                                key,
-                                value,
-                                "process",
-                                exc,
-                                stage.name,
-                            )
-                        )
+                        out.append(self._dead_letter_of(record, batch, stage.name, exc))
                         continue
                     handed += h
                     encoded += e
@@ -631,11 +620,18 @@ class Runner:
             encoded.append(e)
         return handed, encoded
 
-    def _raw_of(self, record: Incoming) -> tuple[bytes | None, bytes | None]:
-        if record.raw is not None:  # as consumed
-            return record.key, record.raw
-        # A record handed over in memory: dead-letter its encoded form, which can be replayed.
-        return record.key, self.codec.encode(TOPICS[record.topic], record.value)
+    def _dead_letter_of(self, record: Incoming, consumed: list[Incoming], stage: str, exc: Exception) -> _Encoded:
+        """The dead letter of a record that makes `stage` raise on its own. A record handed over
+        in memory is dead-lettered as the consumed record it came from (the one with its event
+        id: its topic, partition, offset and bytes, which can be replayed through the whole
+        chain); failing that, as its own encoded form under its internal topic."""
+        event_id = (record.value.get("envelope") or {}).get("event_id")
+        if record.raw is None and event_id is not None:
+            record = next((r for r in consumed if (r.value.get("envelope") or {}).get("event_id") == event_id), record)
+        value = record.raw if record.raw is not None else self.codec.encode(TOPICS[record.topic], record.value)
+        return self._dead_letter(
+            record.topic, record.partition, record.offset, record.key, value, "process", exc, stage
+        )
 
     def _encode(self, o: Output) -> _Encoded:
         if o.value is None:

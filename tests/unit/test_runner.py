@@ -128,6 +128,29 @@ def test_fused_stages_hand_over_in_memory(codec: Codec) -> None:
     assert count.seen == ["A", "B"]
 
 
+class Picky(Count):
+    """Reads the review topic (handed over in memory when fused); raises on reason 'B'."""
+
+    name = "picky"
+
+    def process(self, batch: Sequence[Incoming]) -> list[Output]:
+        if any(r.value["reason"] == "B" for r in batch):
+            raise ValueError("no B")
+        return super().process(batch)
+
+
+def test_a_record_handed_over_in_memory_is_dead_lettered_as_the_record_consumed(codec: Codec) -> None:
+    picky = Picky()
+    runner = Runner(Settings(bootstrap_servers="x"), [Upper(), picky], codec)
+    messages = [upload(codec, "a", 4), upload(codec, "b", 5), upload(codec, "c", 6)]
+    [(topic, letter)] = decode_all(codec, runner.process_messages(messages))
+    assert picky.seen == ["A", "C"]
+    assert topic == "dlq" and letter["stage"] == "picky" and "no B" in letter["error"]
+    # where it was consumed, and what: replayed, it goes through the whole chain again
+    assert (letter["topic"], letter["partition"], letter["offset"]) == ("mod.uploads", 0, 5)
+    assert letter["value"] == messages[1].value() and letter["key"] == messages[1].key()
+
+
 def test_runner_rejects_duplicate_stage_names_and_unknown_topics() -> None:
     with pytest.raises(ValueError, match="unique"):
         Runner(Settings(bootstrap_servers="x"), [Upper(), Upper()])
