@@ -191,6 +191,52 @@ def tail(
         click.echo(json.dumps({"key": key, "value": value} if with_key else value, sort_keys=False))
 
 
+@main.group()
+def dlq() -> None:
+    """Dead letters: putting them back once their cause is fixed."""
+
+
+@dlq.command("replay")
+@click.option("--stage", help="Only letters of this stage (enrich, decide, enforce-webhook, ...).")
+@click.option("--kind", "error_type", help="Only letters of this kind (decode, process, enforce, ...).")
+@click.option("--since", help="Only letters that failed at or after this time (ISO 8601, UTC if no zone).")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; produce nothing.")
+@click.pass_context
+def dlq_replay(ctx: click.Context, stage: str | None, error_type: str | None, since: str | None, dry_run: bool) -> None:
+    """Produce dead-lettered records back to the topics they were consumed from, with their keys
+    and bytes, so the stages try them again. Every letter on the topic when it starts is looked
+    at; stages are idempotent by event id, so a record replayed twice is decided once."""
+    from datetime import UTC, datetime
+
+    from pipeline.runtime.dlq import replay
+
+    since_ms = None
+    if since:
+        try:
+            at = datetime.fromisoformat(since)
+        except ValueError as exc:
+            raise click.BadParameter(f"{since!r} is not an ISO 8601 time", param_hint="--since") from exc
+        since_ms = int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000)
+
+    def select(letter: dict[str, Any]) -> bool:
+        return (
+            (stage is None or letter["stage"] == stage)
+            and (error_type is None or letter["error_type"] == error_type)
+            and (since_ms is None or letter["failed_at"] >= since_ms)
+        )
+
+    try:
+        done = replay(settings_of(ctx), select, dry_run)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    verb = "would replay" if dry_run else "replayed"
+    for topic, n in sorted(done.produced.items()):
+        click.echo(f"{verb} {n} to {topic}")
+    for reason, n in sorted(done.skipped.items()):
+        click.echo(f"skipped {n}: {reason}")
+    click.echo(f"{verb} {sum(done.produced.values())}; {done.unselected} not selected")
+
+
 # ---- banks ----------------------------------------------------------------------
 @main.group()
 def bank() -> None:

@@ -14,6 +14,10 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.dev.services import free_port
+from pipeline.records import dead_letter_value, envelope, record_key
+from pipeline.runtime.reader import read_all
+from pipeline.sdk import ModerationProducer
+from pipeline.serde import Codec
 
 from ..conftest import settings_env
 
@@ -205,3 +209,34 @@ def test_escalate_says_when_redis_does_not_answer(settings: Settings) -> None:
     out = cli(away, "escalate", "--once")
     assert out.returncode == 1
     assert "Redis does not answer" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_dlq_replay_puts_selected_letters_back_where_they_came_from(settings: Settings) -> None:
+    codec = Codec()
+    uploads = settings.topic("uploads")
+    event = {"envelope": envelope(settings.platform_id, content_id="c-back", event_id="e-back"), "text": "hi"}
+    raw = codec.encode("UploadEvent", event)
+    letters = [
+        dead_letter_value(uploads, 1, 7, b"c-back", raw, "decide", "process", "RuntimeError: a bug"),
+        dead_letter_value(uploads, 1, 8, b"c-big", b"x" * 200, "decide", "process", "too big", keep=100),
+        dead_letter_value("elsewhere.uploads", 0, 1, b"c-far", raw, "decide", "process", "not ours"),
+        dead_letter_value(uploads, 2, 3, b"c-other", raw, "enrich", "process", "another stage"),
+    ]
+    producer = ModerationProducer(settings)
+    for letter in letters:
+        producer.send("dlq", letter, key=record_key("dlq", letter))
+    producer.flush()
+
+    dry = cli(settings, "dlq", "replay", "--stage", "decide", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would replay 1 to {uploads}" in dry.stdout and "1 not selected" in dry.stdout
+    assert "skipped 1: value too large to have been kept whole" in dry.stdout
+    assert "skipped 1: topic elsewhere.uploads is not one of this deployment's" in dry.stdout
+    assert read_all(settings, "uploads") == []
+
+    done = cli(settings, "dlq", "replay", "--stage", "decide", "--kind", "process", "--since", "2020-01-01")
+    assert done.returncode == 0, done.stderr
+    assert f"replayed 1 to {uploads}" in done.stdout
+    assert [r["envelope"]["event_id"] for r in read_all(settings, "uploads")] == ["e-back"]
+    assert "replayed 0; 4 not selected" in cli(settings, "dlq", "replay", "--since", "2999-01-01").stdout
+    assert cli(settings, "dlq", "replay", "--since", "yesterday").returncode == 2

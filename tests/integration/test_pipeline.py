@@ -11,6 +11,7 @@ from pipeline.banks.table import BankTable
 from pipeline.config import Settings
 from pipeline.policy.engine import load_policy
 from pipeline.records import now_ms, record_key
+from pipeline.runtime.dlq import replay
 from pipeline.runtime.follower import BankFollower
 from pipeline.sdk import ModerationProducer
 from pipeline.serde import Codec
@@ -183,6 +184,13 @@ def test_bad_records_go_to_dlq_and_neighbours_are_processed(settings: Settings, 
     assert by_key[b"c-late"]["stage"] == "decide" and "decide exploded" in by_key[b"c-late"]["error"]
     assert by_key[b"c-late"]["topic"] == settings.topic("uploads")
     assert Codec().decode("UploadEvent", by_key[b"c-late"]["value"])["envelope"]["event_id"] == late
+
+    # decide fixed, the letter replayed: the item is decided.
+    replayed = replay(settings, lambda letter: letter["stage"] == "decide")
+    assert replayed.produced == {settings.topic("uploads"): 1}
+    with running(settings, [enrich, MatchStage(table), ClassifyStage([]), DecideStage(load_policy())]):
+        decisions = by_event(collect(settings, "decisions", lambda ds: late in event_ids(ds)))
+    assert decisions[late]["action"] == "allow"
 
 
 def test_account_context_is_read_from_redis(settings: Settings, banks) -> None:  # type: ignore[no-untyped-def]
