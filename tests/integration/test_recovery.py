@@ -134,7 +134,7 @@ class OwnRedis:
         self.proc, self.url = dev.start_redis(path, self.port)
 
     def stop(self) -> None:
-        self.proc.terminate()
+        self.proc.kill()  # stopped (SIGSTOP) or not; it keeps nothing on disk
         self.proc.wait(10)
 
     def start(self) -> None:
@@ -152,13 +152,13 @@ def redos(stage: str) -> float:
     return REGISTRY.get_sample_value("modstream_errors_total", {"stage": stage, "kind": "unavailable"}) or 0
 
 
-@pytest.mark.parametrize("outage", ["stopped", "full"])
+@pytest.mark.parametrize("outage", ["stopped", "full", "hung"])
 def test_a_redis_outage_holds_the_pipeline_and_dead_letters_nothing(
     settings: Settings, own_redis: OwnRedis, outage: str
 ) -> None:
-    """Redis goes away (stopped, or full: maxmemory reached) under a running pipeline: the
-    batches it cannot process are redone until Redis answers again, none of their records is
-    dead-lettered, and every event is decided."""
+    """Redis goes away (stopped; full: maxmemory reached; hung: it takes connections and
+    answers nothing) under a running pipeline: the batches it cannot process are redone until
+    Redis answers again, none of their records is dead-lettered, and every event is decided."""
     settings = settings.with_(redis_url=own_redis.url)
     producer = ModerationProducer(settings)
     before = [producer.send_upload(f"c-{i}", f"u{i}", text="before") for i in range(20)]
@@ -168,8 +168,10 @@ def test_a_redis_outage_holds_the_pipeline_and_dead_letters_nothing(
         assert set(before) <= set(decided_ids(settings, len(before), 120))
         if outage == "stopped":
             own_redis.stop()
-        else:
+        elif outage == "full":
             connect_redis(own_redis.url).config_set("maxmemory", "1")
+        else:
+            own_redis.proc.send_signal(signal.SIGSTOP)
         base = redos(stage)
         during = [producer.send_upload(f"d-{i}", f"u{i}", text="during") for i in range(30)]
         during += [producer.send_report(f"c-{i}", f"r{i}", "spam") for i in range(5)]
@@ -178,8 +180,10 @@ def test_a_redis_outage_holds_the_pipeline_and_dead_letters_nothing(
         assert set(decided_ids(settings, len(before) + 1, 2)) == set(before)  # nothing decided meanwhile
         if outage == "stopped":
             own_redis.start()
-        else:
+        elif outage == "full":
             connect_redis(own_redis.url).config_set("maxmemory", "0")
+        else:
+            own_redis.proc.send_signal(signal.SIGCONT)
         ids = decided_ids(settings, len(before) + len(during), 120)
     assert set(before + during) <= set(ids)
     assert collect(settings, "dlq", lambda letters: False, 3) == []
