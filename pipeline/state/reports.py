@@ -51,6 +51,18 @@ for i = 2, #ARGV do
 end
 return out
 """
+# KEYS: the item's verdicts and reporters; ARGV: prefix, the verdict's event id, 1 if upheld.
+# Counts the verdict for each reporter, once: the mark and the counts are one step, so a verdict
+# interrupted before it is counted is counted when redone.
+_VERDICT = """
+if redis.call('SADD', KEYS[1], ARGV[2]) == 0 then return 0 end
+for _, reporter in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local key = ARGV[1] .. 'reporter:' .. reporter
+  redis.call('HINCRBY', key, 'total', 1)
+  if ARGV[3] == '1' then redis.call('HINCRBY', key, 'upheld', 1) end
+end
+return 1
+"""
 # ARGV: prefix, n, then n reports (content_id, event_id, first_reported_at, deadline, envelope,
 # reporter_id, reason), then the items to answer. A report counts once per event id. Answers,
 # per item: its reporters, its reasons (flat), its first_reported_at, deadline and actioned_at,
@@ -121,6 +133,7 @@ class RedisReportStore:
         self.prefix = prefix
         self._script = client.register_script(_AGGREGATE)
         self._recall = client.register_script(_RECALL)
+        self._verdict = client.register_script(_VERDICT)
 
     def _item(self, content_id: str) -> str:
         return f"{self.prefix}item:{content_id}"
@@ -194,14 +207,7 @@ class RedisReportStore:
     def verdict(self, content_id: str, upheld: bool, event_id: str) -> None:
         """A reviewer's verdict on a reported item updates each reporter's record, once per verdict."""
         item = self._item(content_id)
-        if not self.redis.sadd(f"{item}:verdicts", event_id):
-            return
-        pipe = self.redis.pipeline(transaction=True)
-        for reporter in self.redis.smembers(f"{item}:reporters"):
-            pipe.hincrby(f"{self.prefix}reporter:{reporter}", "total", 1)
-            if upheld:
-                pipe.hincrby(f"{self.prefix}reporter:{reporter}", "upheld", 1)
-        pipe.execute()
+        self._verdict(keys=[f"{item}:verdicts", f"{item}:reporters"], args=[self.prefix, event_id, int(upheld)])
 
     def due(self, before_ms: int) -> list[tuple[str, int, Record]]:
         """Unresolved, not yet escalated items whose deadline is before `before_ms`."""

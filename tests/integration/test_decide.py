@@ -7,11 +7,13 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from pipeline.app import App, connect_redis
@@ -418,6 +420,41 @@ def test_review_claims_and_deadlines_in_redis_survive_redelivery_and_the_end_of_
         assert [o for o in DecideStage(load_policy(), store).process(reports("r3", "r4")) if o.topic == "review"] == []
         [(content_id, deadline, _)] = store.due(task["deadline"])
         assert (content_id, deadline) == ("c-eot", task["deadline"])
+    finally:
+        client.delete(*client.keys(prefix + "*"))
+
+
+def test_a_verdict_cut_off_before_or_after_it_is_counted_is_counted_once_when_redone(redis_url: str) -> None:
+    client = connect_redis(redis_url)
+    prefix = f"modstream-test-{uuid.uuid4().hex[:8]}:"
+    store = RedisReportStore(client, prefix)
+    counted = store._verdict
+
+    def cut_off(before: bool) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            store._verdict = counted  # once
+            if not before:
+                counted(*args, **kwargs)
+            raise redis.ConnectionError("connection lost")
+
+        return call
+
+    def trust(reporter: str) -> dict[str, str]:
+        return client.hgetall(f"{prefix}reporter:{reporter}")  # type: ignore[no-any-return]
+
+    try:
+        for item, before in (("c-before", True), ("c-after", False)):
+            reports = [
+                {"envelope": envelope("p", content_id=item), "reporter_id": r, "reason": "spam", "text": None}
+                for r in ("r1", "r2")
+            ]
+            store.add_reports(reports)
+            store._verdict = cut_off(before)
+            with pytest.raises(redis.ConnectionError):
+                store.verdict(item, True, f"verdict-{item}")
+            store.verdict(item, True, f"verdict-{item}")  # the batch, redone
+            store.verdict(item, True, f"verdict-{item}")  # and redelivered
+        assert trust("r1") == trust("r2") == {"total": "2", "upheld": "2"}  # two items, each counted once
     finally:
         client.delete(*client.keys(prefix + "*"))
 
