@@ -36,8 +36,9 @@ are idempotent. The same happens when a stage raises one of the runner's
 `unavailable` errors (a dependency such as Redis did not answer: by default
 ConnectionError and TimeoutError): that is no fault of the records, so none is
 dead-lettered and the batch is redone once the dependency answers. Redos in a
-row back off, from 0.5 s to `MAX_BACKOFF_S`. On partition revocation and on shutdown everything in flight
-is flushed and the completed offsets are committed synchronously.
+row back off, from 0.5 s to `MAX_BACKOFF_S`. On partition revocation and on
+shutdown everything in flight is flushed and the completed offsets are
+committed synchronously.
 
 The runner stops cleanly on SIGTERM or SIGINT (or `stop()` from another
 thread): it finishes the batch in hand, commits, and leaves the group.
