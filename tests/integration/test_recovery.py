@@ -140,6 +140,23 @@ class OwnRedis:
     def start(self) -> None:
         self.proc, _ = dev.start_redis(self.path, self.port)
 
+    def go_away(self, how: str) -> None:
+        """stopped; full (maxmemory reached); hung (it takes connections and answers nothing)."""
+        if how == "stopped":
+            self.stop()
+        elif how == "full":
+            connect_redis(self.url).config_set("maxmemory", "1")
+        else:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def come_back(self, how: str) -> None:
+        if how == "stopped":
+            self.start()
+        elif how == "full":
+            connect_redis(self.url).config_set("maxmemory", "0")
+        else:
+            self.proc.send_signal(signal.SIGCONT)
+
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
@@ -156,9 +173,9 @@ def redos(stage: str) -> float:
 def test_a_redis_outage_holds_the_pipeline_and_dead_letters_nothing(
     settings: Settings, own_redis: OwnRedis, outage: str
 ) -> None:
-    """Redis goes away (stopped; full: maxmemory reached; hung: it takes connections and
-    answers nothing) under a running pipeline: the batches it cannot process are redone until
-    Redis answers again, none of their records is dead-lettered, and every event is decided."""
+    """Redis goes away (see OwnRedis.go_away) under a running pipeline: the batches it cannot
+    process are redone until Redis answers again, none of their records is dead-lettered, and
+    every event is decided."""
     settings = settings.with_(redis_url=own_redis.url)
     producer = ModerationProducer(settings)
     before = [producer.send_upload(f"c-{i}", f"u{i}", text="before") for i in range(20)]
@@ -166,24 +183,14 @@ def test_a_redis_outage_holds_the_pipeline_and_dead_letters_nothing(
     stage = "enrich+match+classify+decide"
     with services(settings, "enrich", "match", "classify", "decide"):
         assert set(before) <= set(decided_ids(settings, len(before), 120))
-        if outage == "stopped":
-            own_redis.stop()
-        elif outage == "full":
-            connect_redis(own_redis.url).config_set("maxmemory", "1")
-        else:
-            own_redis.proc.send_signal(signal.SIGSTOP)
+        own_redis.go_away(outage)
         base = redos(stage)
         during = [producer.send_upload(f"d-{i}", f"u{i}", text="during") for i in range(30)]
         during += [producer.send_report(f"c-{i}", f"r{i}", "spam") for i in range(5)]
         producer.flush()
         wait_for(lambda: redos(stage) >= base + 2, 60, "redos")
         assert set(decided_ids(settings, len(before) + 1, 2)) == set(before)  # nothing decided meanwhile
-        if outage == "stopped":
-            own_redis.start()
-        elif outage == "full":
-            connect_redis(own_redis.url).config_set("maxmemory", "0")
-        else:
-            own_redis.proc.send_signal(signal.SIGCONT)
+        own_redis.come_back(outage)
         ids = decided_ids(settings, len(before) + len(during), 120)
     assert set(before + during) <= set(ids)
     assert collect(settings, "dlq", lambda letters: False, 3) == []
