@@ -187,8 +187,11 @@ def tail(
     """Print TOPIC's records as JSON lines."""
     from pipeline.runtime.reader import read_topic
 
-    for key, value in read_topic(settings_of(ctx), topic, from_beginning, max_records, timeout):
-        click.echo(json.dumps({"key": key, "value": value} if with_key else value, sort_keys=False))
+    try:
+        for key, value in read_topic(settings_of(ctx), topic, from_beginning, max_records, timeout):
+            click.echo(json.dumps({"key": key, "value": value} if with_key else value, sort_keys=False))
+    except ConnectionError as exc:  # the schema registry does not answer
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
 
 @main.group()
@@ -227,8 +230,8 @@ def dlq_replay(ctx: click.Context, stage: str | None, error_type: str | None, si
 
     try:
         done = replay(settings_of(ctx), select, dry_run)
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (RuntimeError, ConnectionError) as exc:  # not acknowledged; the schema registry does not answer
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     verb = "would replay" if dry_run else "replayed"
     for topic, n in sorted(done.produced.items()):
         click.echo(f"{verb} {n} to {topic}")
@@ -765,8 +768,8 @@ def escalate(ctx: click.Context, interval: float, once: bool, warn_hours: float)
             escalated = 0
         except REDIS_UNAVAILABLE as exc:  # no beat: /health turns unhealthy if it lasts
             if once:
-                raise click.ClickException(f"Redis does not answer: {exc}") from exc
-            logger.error("Redis does not answer, retrying next round: %s", exc)
+                raise click.ClickException(f"a store does not answer ({type(exc).__name__}: {exc})") from exc
+            logger.error("a store does not answer, retrying next round: %s: %s", type(exc).__name__, exc)
             time.sleep(interval)
             continue
         if escalated:

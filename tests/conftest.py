@@ -114,4 +114,5 @@ def settings_env(s: Settings) -> dict[str, str]:
         "MODSTREAM_BATCH_SIZE": str(s.batch_size),
         "MODSTREAM_MODELS": s.models,
         "MODSTREAM_POLICY": s.policy,
+        "MODSTREAM_SCHEMA_REGISTRY_URL": s.schema_registry_url,
     }

@@ -208,7 +208,7 @@ def test_escalate_says_when_redis_does_not_answer(settings: Settings) -> None:
     away = settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     out = cli(away, "escalate", "--once")
     assert out.returncode == 1
-    assert "Redis does not answer" in out.stderr and "Traceback" not in out.stderr
+    assert "a store does not answer (ConnectionError" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_dlq_replay_puts_selected_letters_back_where_they_came_from(settings: Settings) -> None:
@@ -240,3 +240,13 @@ def test_dlq_replay_puts_selected_letters_back_where_they_came_from(settings: Se
     assert [r["envelope"]["event_id"] for r in read_all(settings, "uploads")] == ["e-back"]
     assert "replayed 0; 4 not selected" in cli(settings, "dlq", "replay", "--since", "2999-01-01").stdout
     assert cli(settings, "dlq", "replay", "--since", "yesterday").returncode == 2
+
+
+def test_tail_says_when_the_schema_registry_does_not_answer(settings: Settings) -> None:
+    producer = ModerationProducer(settings)
+    producer.send_upload("c-1", "u1", text="hello")
+    producer.flush()
+    away = settings.with_(schema_registry_url=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    out = cli(away, "tail", "uploads", "--from-beginning", "--max", "1", "--timeout", "10")
+    assert out.returncode == 1
+    assert "RegistryUnavailable: schema registry" in out.stderr and "Traceback" not in out.stderr
