@@ -10,8 +10,8 @@ A record the follower cannot apply (undecodable value or key, no key) is dead-le
 reads all of it, on every start, so each writes the same dead letters: keyed by the record's
 topic/partition/offset (`record_key("dlq", ...)`), with the same content but for
 `failed_at`. Readers of the dead-letter topic can drop the repeats by key. While the schema
-registry does not answer, the follower waits on the record in hand (the table holds what it
-had) instead of dead-lettering it.
+registry does not answer (to decode a record, or to write its dead letter), the follower
+waits on the record in hand (the table holds what it had) instead of dead-lettering it.
 """
 
 from __future__ import annotations
@@ -97,6 +97,19 @@ class TopicFollower(threading.Thread):
                     logger.error("%s: %d dead letters not delivered at stop", self.stage, left)
 
     def _apply(self, msg: Message) -> None:
+        """Applies one record (or dead-letters it); while the schema registry does not answer,
+        to decode it or to write its dead letter, waits and tries again."""
+        while True:
+            try:
+                self._apply_once(msg)
+                return
+            except RegistryUnavailable as exc:
+                metrics.ERRORS.labels(self.stage, "unavailable").inc()
+                logger.error("%s: %s; trying again in %g s", self.stage, exc, REGISTRY_RETRY_S)
+                if self._stopping.wait(REGISTRY_RETRY_S):
+                    return
+
+    def _apply_once(self, msg: Message) -> None:
         raw_key, raw_value = msg.key(), msg.value()
         if raw_key is None:
             self._dead_letter(msg, "key", "record without a key")
@@ -109,28 +122,21 @@ class TopicFollower(threading.Thread):
         if raw_value is None:
             self.table.apply(key, None)
             return
-        while True:
-            try:
-                entry = self.codec.decode(TOPICS[self.topic], raw_value)
-                break
-            except DecodeError as exc:
-                self._dead_letter(msg, "decode", f"{type(exc).__name__}: {exc}")
-                return
-            except RegistryUnavailable as exc:
-                metrics.ERRORS.labels(self.stage, "unavailable").inc()
-                logger.error("%s: %s; trying again in %g s", self.stage, exc, REGISTRY_RETRY_S)
-                if self._stopping.wait(REGISTRY_RETRY_S):
-                    return
+        try:
+            entry = self.codec.decode(TOPICS[self.topic], raw_value)
+        except DecodeError as exc:
+            self._dead_letter(msg, "decode", f"{type(exc).__name__}: {exc}")
+            return
         self.table.apply(key, entry)
 
     def _dead_letter(self, msg: Message, kind: str, reason: str) -> None:
-        self.errors += 1
-        metrics.ERRORS.labels(self.stage, kind).inc()
         topic, partition, offset = str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)
-        logger.warning("dead-lettering %s[%d]@%d in %s: %s", topic, partition, offset, self.stage, reason)
         letter = dead_letter_value(topic, partition, offset, msg.key(), msg.value(), self.stage, kind, reason)
         dlq = self.settings.topic("dlq")
-        value = self.codec.encode("DeadLetter", letter, f"{dlq}-value")
+        value = self.codec.encode("DeadLetter", letter, f"{dlq}-value")  # first: it may need the registry
+        self.errors += 1
+        metrics.ERRORS.labels(self.stage, kind).inc()
+        logger.warning("dead-lettering %s[%d]@%d in %s: %s", topic, partition, offset, self.stage, reason)
         if self._producer is None:
             self._producer = Producer(self.settings.producer_config())
         while not self._stopping.is_set():
