@@ -36,7 +36,7 @@ sys.path[0] = str(ROOT)
 
 import httpx  # noqa: E402
 
-from bench.e2e import Services, cpu_seconds, make_jpegs, percentile, process_env  # noqa: E402
+from bench.e2e import Services, cpu_seconds, make_jpegs, percentile, process_env, stop_process  # noqa: E402
 from pipeline.banks import admin  # noqa: E402
 from pipeline.banks.pdq_index import bits_to_hex  # noqa: E402
 from pipeline.banks.table import BankTable  # noqa: E402
@@ -376,11 +376,7 @@ def main() -> None:
             report(result)
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, 30)
         svc.close()
         shutil.rmtree(work, ignore_errors=True)
 

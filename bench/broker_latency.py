@@ -35,7 +35,7 @@ sys.path[0] = str(ROOT)
 from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
-from bench.e2e import OutputReader, percentile  # noqa: E402
+from bench.e2e import OutputReader, percentile, stop_process  # noqa: E402
 from bench.passthrough import PRODUCER  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.dev import services  # noqa: E402
@@ -123,11 +123,7 @@ def measure(bootstrap: str, partitions: int, hops: int, args: argparse.Namespace
     finally:
         reader.stop()
         if relay is not None:
-            relay.terminate()
-            try:
-                relay.wait(10)
-            except subprocess.TimeoutExpired:
-                relay.kill()
+            stop_process(relay)
 
 
 def main() -> None:
@@ -148,11 +144,7 @@ def main() -> None:
             for hops in (1, 2):
                 measure(bootstrap, partitions, hops, args, work / "passthrough.log")
     finally:
-        broker.terminate()
-        try:
-            broker.wait(10)
-        except subprocess.TimeoutExpired:
-            broker.kill()
+        stop_process(broker)
         shutil.rmtree(work, ignore_errors=True)
 
 
