@@ -49,6 +49,7 @@ from pipeline.api.publish import BankWriter, Publisher
 from pipeline.api.settings import ApiSettings
 from pipeline.banks.table import BankTable
 from pipeline.records import Record
+from pipeline.runtime.runner import UNAVAILABLE
 from pipeline.signals.media import MediaLimits
 from pipeline.stages.enrich import Fetcher
 
@@ -73,7 +74,7 @@ class Services:
     bank_names_cache: tuple[int, list[str]] | None = None
     in_flight: int = field(default=0)
     console: console.Console | None = None
-    unavailable: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)  # answered with 503
+    unavailable: tuple[type[BaseException], ...] = UNAVAILABLE  # answered with 503 (the runners redo)
 
 
 def build_services(
